@@ -1,0 +1,38 @@
+# anatomix — two-command setup: `make serve` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: help install test test-fast lint serve clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install anatomix with its test dependencies
+
+test: $(STAMP)  ## run the whole suite (slow tests included)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)  ## run the suite without tests marked slow
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)  ## ruff lint and format check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+serve: $(STAMP)  ## build demo models if missing, then start bentoml on 127.0.0.1:3000
+	@if [ ! -f serve/service.py ]; then \
+	  echo "make serve: the BentoML service (serve/service.py) is not built yet; see issue #9." >&2; exit 2; fi
+	$(VENV)/bin/bentoml serve serve.service:AnatomixService --host 127.0.0.1 --port 3000
+
+clean:  ## remove caches (keeps .venv)
+	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""anatomix: export layer."""

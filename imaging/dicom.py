@@ -1,0 +1,349 @@
+"""Read one DICOM image into an :class:`~imaging.image.Image` with physically meaningful pixels.
+
+``read_image(source)`` accepts a path, bytes or a binary file object (gzip-compressed too), and
+either returns float32 pixels after the rules documented in :mod:`imaging.pixels` or raises a
+subclass of :class:`~imaging.errors.ImagingError`. No other exception escapes for bad input, and
+no error message carries a patient identifier (only technical attributes are named).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_color_lut, apply_modality_lut
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from . import pixels as px
+from .errors import (
+    CorruptFileError,
+    ImageTooLargeError,
+    ImagingError,
+    NoPixelDataError,
+    NotDicomError,
+    UnsupportedPhotometricError,
+    UnsupportedTransferSyntaxError,
+)
+from .image import Image
+from .source import Source, open_source
+
+# pydicom's validation warnings and log records quote attribute values, which may be patient
+# identifiers; this layer never lets them out (values are still read, invalid ones raise below).
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+#: Default guard on declared ``Rows × Columns × NumberOfFrames`` (256 Mpx ≈ 1 GiB as float32).
+DEFAULT_MAX_PIXELS = 256 * 1024 * 1024
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+COLOR_POLICIES = ("luma", "refuse")
+
+
+def read_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS, color: str = "luma") -> Image:
+    """Decode a DICOM image.
+
+    Args:
+        source: a path, ``bytes`` or a binary file object; gzip-compressed input is inflated.
+        max_pixels: refuse images whose declared ``Rows × Columns × frames`` exceeds this,
+            before any pixel data is decoded.
+        color: ``"luma"`` converts colour images to BT.601 luma (see :mod:`imaging.pixels`);
+            ``"refuse"`` raises :class:`UnsupportedPhotometricError` for them.
+
+    Returns:
+        An :class:`Image` with float32 pixels ``(H, W)`` or ``(frames, H, W)``.
+
+    Raises:
+        ImagingError: a specific subclass for every kind of bad input.
+    """
+    if color not in COLOR_POLICIES:
+        raise ValueError(f"color must be one of {COLOR_POLICIES}, not {color!r}")
+    # Stored samples take at most 4 bytes and 3 per pixel; 16 MiB more for the header.
+    stream, _ = open_source(source, max_bytes=max_pixels * 12 + (16 << 20))
+    # pydicom warns with attribute values quoted; those may be identifiers, so they stay silent here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ds, truncated = parse_dataset(stream)
+            return decode_dataset(ds, truncated=truncated, max_pixels=max_pixels, color=color)
+        finally:
+            stream.close()
+
+
+def parse_dataset(stream) -> tuple[Dataset, bool]:
+    """Parse DICOM from ``stream``; returns the dataset and whether the file ended early.
+
+    Files without the preamble/``DICM`` prefix (legal in older software) are re-read with
+    ``force=True`` and accepted only if they start with a group-0008 element.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(stream)
+        except InvalidDicomError:
+            stream.seek(0)
+            ds = _parse_forced(stream)
+        except ImagingError:
+            raise
+        except Exception as exc:  # pydicom raises many types on corrupt input
+            raise CorruptFileError(
+                f"the DICOM file cannot be parsed: it is truncated or corrupt ({type(exc).__name__})"
+            ) from None
+    truncated = any("end of file" in str(w.message).lower() for w in caught)
+    return ds, truncated
+
+
+def _parse_forced(stream) -> Dataset:
+    try:
+        ds = pydicom.dcmread(stream, force=True)
+        first = next(iter(ds.keys()), None)
+    except Exception:
+        first = None
+    if first is None or first.group != 0x0008:
+        raise NotDicomError(
+            "the input is not a DICOM file: no 'DICM' prefix and no DICOM data elements found"
+        )
+    return ds
+
+
+def decode_dataset(
+    ds: Dataset, *, truncated: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, color: str = "luma"
+) -> Image:
+    """Turn a parsed dataset into an :class:`Image` (see :func:`read_image`)."""
+    if not any(k in ds for k in PIXEL_KEYWORDS):
+        if truncated:
+            raise CorruptFileError("the file ends before its pixel data: it is truncated")
+        sop = _sop_class_name(ds)
+        raise NoPixelDataError(f"the DICOM object holds no pixel data (SOP class: {sop})")
+    geom = _image_attributes(ds)
+    declared = geom["rows"] * geom["columns"] * geom["frames"]
+    if declared > max_pixels:
+        raise ImageTooLargeError(
+            f"declared size {geom['frames']}×{geom['rows']}×{geom['columns']} = {declared} pixels "
+            f"exceeds the limit of {max_pixels}"
+        )
+    photometric = geom["photometric"]
+    if photometric not in px.GRAY_PHOTOMETRICS + px.COLOR_PHOTOMETRICS:
+        # The value itself is not echoed: an unrecognised string could be anything, identifiers too.
+        raise UnsupportedPhotometricError(
+            "the photometric interpretation is not supported; accepted: "
+            + ", ".join(px.GRAY_PHOTOMETRICS + px.COLOR_PHOTOMETRICS)
+        )
+    if photometric in px.COLOR_PHOTOMETRICS and color == "refuse":
+        raise UnsupportedPhotometricError(
+            f"colour image ({photometric}) refused: only grayscale images are accepted"
+        )
+    tsyntax = _ensure_transfer_syntax(ds)
+    arr = _decode_pixels(ds, tsyntax)
+
+    window_center, window_width = _window(ds)
+    slope, intercept = px.rescale_parameters(ds, geom["frames"])
+    if photometric in px.COLOR_PHOTOMETRICS:
+        if photometric == "PALETTE COLOR":
+            arr = _guard(lambda: apply_color_lut(arr, ds), "its palette colour lookup table")
+        pixels = px.to_luma(arr)
+        window_center = window_width = None
+    else:
+        values = arr
+        if photometric == "MONOCHROME1":
+            values = px.invert_monochrome1(values, geom["bits_stored"], geom["signed"])
+            if window_center is not None:
+                pivot = px.monochrome1_pivot(geom["bits_stored"], geom["signed"])
+                window_center = slope[0] * pivot + 2 * intercept[0] - window_center
+        if "ModalityLUTSequence" in ds:
+            values = _guard(lambda: apply_modality_lut(values, ds), "its Modality LUT")
+        else:
+            values = px.apply_rescale_frames(values, slope, intercept)
+        pixels = np.asarray(values, dtype=np.float32)
+    if geom["frames"] == 1 and pixels.ndim == 3:
+        pixels = pixels[0]
+
+    return Image(
+        pixels=np.ascontiguousarray(pixels),
+        spacing=_pixel_spacing(ds),
+        modality=str(ds.get("Modality", "") or ""),
+        photometric=photometric,
+        window_center=window_center,
+        window_width=window_width,
+        study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+        series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+        sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
+        meta=_technical_meta(ds, geom, tsyntax, slope, intercept),
+    )
+
+
+def _guard(fn, what: str):
+    try:
+        return fn()
+    except Exception as exc:
+        raise CorruptFileError(f"the pixel data cannot be transformed by {what} ({type(exc).__name__})") from None
+
+
+def _image_attributes(ds: Dataset) -> dict:
+    """Read the Image Pixel module attributes, mapping missing/invalid ones to CorruptFileError."""
+    out = {}
+    for key, keyword, default in (
+        ("rows", "Rows", None),
+        ("columns", "Columns", None),
+        ("bits_allocated", "BitsAllocated", None),
+        ("bits_stored", "BitsStored", "bits_allocated"),
+        ("samples", "SamplesPerPixel", 1),
+        ("signed", "PixelRepresentation", 0),
+        ("frames", "NumberOfFrames", 1),
+    ):
+        try:
+            value = ds.get(keyword)
+            if value is None or value == "":
+                if default is None:
+                    raise KeyError(keyword)
+                value = out[default] if isinstance(default, str) else default
+            out[key] = int(value)
+        except KeyError:
+            raise CorruptFileError(f"required attribute {keyword} is missing") from None
+        except (TypeError, ValueError):
+            raise CorruptFileError(f"attribute {keyword} has an invalid value") from None
+    if out["rows"] <= 0 or out["columns"] <= 0 or out["frames"] <= 0:
+        raise CorruptFileError("Rows, Columns and NumberOfFrames must be positive")
+    out["signed"] = bool(out["signed"])
+    default_pi = "MONOCHROME2" if out["samples"] == 1 else "RGB"
+    out["photometric"] = str(ds.get("PhotometricInterpretation", default_pi) or default_pi).strip()
+    return out
+
+
+def _ensure_transfer_syntax(ds: Dataset) -> UID:
+    """Return the transfer syntax, inferring it from the parsed encoding when the meta lacks it."""
+    meta = getattr(ds, "file_meta", None)
+    tsyntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if not tsyntax:
+        implicit, little = ds.original_encoding
+        if implicit is None:
+            raise CorruptFileError("the transfer syntax is missing and cannot be inferred")
+        tsyntax = {
+            (True, True): ImplicitVRLittleEndian,
+            (False, True): ExplicitVRLittleEndian,
+            (False, False): ExplicitVRBigEndian,
+        }.get((implicit, little), ImplicitVRLittleEndian)
+        if meta is None:
+            ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = tsyntax
+    tsyntax = UID(str(tsyntax))
+    if not tsyntax.is_transfer_syntax:
+        raise UnsupportedTransferSyntaxError("the file's transfer syntax UID is not a known transfer syntax")
+    if tsyntax.is_compressed:
+        decoder = _decoder(tsyntax)
+        if decoder is None or not decoder.is_available:
+            raise UnsupportedTransferSyntaxError(
+                f"no installed decoder handles transfer syntax {tsyntax.name or tsyntax} "
+                "(see README, 'DICOM decoding')"
+            )
+    return tsyntax
+
+
+def _decoder(tsyntax: UID):
+    try:
+        return pydicom.pixels.get_decoder(tsyntax)
+    except (NotImplementedError, ValueError):
+        return None
+
+
+def _decode_pixels(ds: Dataset, tsyntax: UID) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return ds.pixel_array
+        except MemoryError:
+            raise ImageTooLargeError("not enough memory to decode the pixel data") from None
+        except Exception as exc:
+            raise CorruptFileError(
+                f"the pixel data cannot be decoded as {tsyntax.name or tsyntax}: the file is "
+                f"truncated or corrupt ({type(exc).__name__})"
+            ) from None
+
+
+def _first_float(value) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        value = value[0] if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else value
+        return float(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _shared_item(ds: Dataset, sequence: str) -> Dataset | None:
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared and sequence in shared[0] and shared[0][sequence].value:
+        return shared[0][sequence].value[0]
+    return None
+
+
+def _first_frame_item(ds: Dataset, sequence: str) -> Dataset | None:
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame and sequence in per_frame[0] and per_frame[0][sequence].value:
+        return per_frame[0][sequence].value[0]
+    return None
+
+
+def _window(ds: Dataset) -> tuple[float | None, float | None]:
+    source = ds if "WindowCenter" in ds else _shared_item(ds, "FrameVOILUTSequence") or ds
+    center = _first_float(source.get("WindowCenter"))
+    width = _first_float(source.get("WindowWidth"))
+    if center is None or width is None or width <= 0:
+        return None, None
+    return center, width
+
+
+def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
+    """Row/column spacing in mm, or None when absent, zero or invalid (never a division by 0)."""
+    measures = _shared_item(ds, "PixelMeasuresSequence") or _first_frame_item(ds, "PixelMeasuresSequence")
+    for item, keyword in ((ds, "PixelSpacing"), (measures, "PixelSpacing"), (ds, "ImagerPixelSpacing")):
+        if item is None or keyword not in item:
+            continue
+        try:
+            row, col = (float(v) for v in item[keyword].value)
+        except (TypeError, ValueError):
+            continue
+        if row > 0 and col > 0 and np.isfinite(row) and np.isfinite(col):
+            return row, col
+    return None
+
+
+def _sop_class_name(ds: Dataset) -> str:
+    uid = ds.get("SOPClassUID")
+    if not uid:
+        return "unknown"
+    return UID(str(uid)).name or str(uid)
+
+
+def _floats(value) -> list[float] | None:
+    try:
+        return [float(v) for v in value] if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _technical_meta(ds, geom, tsyntax, slope, intercept) -> dict:
+    """Non-identifying attributes that later stages (series assembly, serving) need."""
+    meta = {
+        "transfer_syntax": str(tsyntax),
+        "sop_class_uid": str(ds.get("SOPClassUID", "") or ""),
+        "frame_of_reference_uid": str(ds.get("FrameOfReferenceUID", "") or ""),
+        "bits_stored": geom["bits_stored"],
+        "number_of_frames": geom["frames"],
+        "rescale_slope": float(slope[0]),
+        "rescale_intercept": float(intercept[0]),
+        "image_position": _floats(ds.get("ImagePositionPatient")),
+        "image_orientation": _floats(ds.get("ImageOrientationPatient")),
+        "slice_thickness": _first_float(ds.get("SliceThickness")),
+        "color_converted": geom["photometric"] in px.COLOR_PHOTOMETRICS,
+    }
+    try:
+        meta["instance_number"] = int(ds.get("InstanceNumber")) if ds.get("InstanceNumber") else None
+    except (TypeError, ValueError):
+        meta["instance_number"] = None
+    return meta

@@ -1,0 +1,1 @@
+"""anatomix: train layer."""
