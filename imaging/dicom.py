@@ -71,6 +71,15 @@ def read_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS, color: s
         try:
             ds, truncated = parse_dataset(stream)
             return decode_dataset(ds, truncated=truncated, max_pixels=max_pixels, color=color)
+        except (ImagingError, KeyboardInterrupt, SystemExit):
+            raise
+        except MemoryError:
+            raise ImageTooLargeError("not enough memory to decode the image") from None
+        except BaseException as exc:  # noqa: BLE001 - decoder plugins may even panic (pyo3)
+            # Backstop: whatever a damaged attribute makes pydicom or a codec raise is bad input.
+            raise CorruptFileError(
+                f"the DICOM file is corrupt and cannot be read ({type(exc).__name__})"
+            ) from None
         finally:
             stream.close()
 
@@ -205,7 +214,7 @@ def _image_attributes(ds: Dataset) -> dict:
             out[key] = int(value)
         except KeyError:
             raise CorruptFileError(f"required attribute {keyword} is missing") from None
-        except (TypeError, ValueError):
+        except Exception:  # unparsable VR, wrong type, non-numeric text, ...
             raise CorruptFileError(f"attribute {keyword} has an invalid value") from None
     if out["rows"] <= 0 or out["columns"] <= 0 or out["frames"] <= 0:
         raise CorruptFileError("Rows, Columns and NumberOfFrames must be positive")
@@ -258,7 +267,9 @@ def _decode_pixels(ds: Dataset, tsyntax: UID) -> np.ndarray:
             return ds.pixel_array
         except MemoryError:
             raise ImageTooLargeError("not enough memory to decode the pixel data") from None
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a Rust codec panic is a BaseException
             raise CorruptFileError(
                 f"the pixel data cannot be decoded as {tsyntax.name or tsyntax}: the file is "
                 f"truncated or corrupt ({type(exc).__name__})"
@@ -342,6 +353,21 @@ def _technical_meta(ds, geom, tsyntax, slope, intercept) -> dict:
         "slice_thickness": _first_float(ds.get("SliceThickness")),
         "color_converted": geom["photometric"] in px.COLOR_PHOTOMETRICS,
     }
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame and geom["frames"] > 1:
+        # Enhanced multi-frame objects (e.g. enhanced CT) keep one plane position per frame.
+        positions = [
+            _floats(f.PlanePositionSequence[0].get("ImagePositionPatient"))
+            if "PlanePositionSequence" in f and f.PlanePositionSequence
+            else None
+            for f in per_frame
+        ]
+        meta["frame_positions"] = positions if all(positions) else None
+        orient = _shared_item(ds, "PlaneOrientationSequence") or _first_frame_item(
+            ds, "PlaneOrientationSequence"
+        )
+        if orient is not None and meta["image_orientation"] is None:
+            meta["image_orientation"] = _floats(orient.get("ImageOrientationPatient"))
     try:
         meta["instance_number"] = int(ds.get("InstanceNumber")) if ds.get("InstanceNumber") else None
     except (TypeError, ValueError):
