@@ -45,7 +45,9 @@ PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 COLOR_POLICIES = ("luma", "refuse")
 
 
-def read_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS, color: str = "luma") -> Image:
+def read_image(
+    source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS, color: str = "luma"
+) -> Image:
     """Decode a DICOM image.
 
     Args:
@@ -65,7 +67,7 @@ def read_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS, color: s
         raise ValueError(f"color must be one of {COLOR_POLICIES}, not {color!r}")
     # Stored samples take at most 4 bytes and 3 per pixel; 16 MiB more for the header.
     stream, _ = open_source(source, max_bytes=max_pixels * 12 + (16 << 20))
-    # pydicom warns with attribute values quoted; those may be identifiers, so they stay silent here.
+    # pydicom warns with attribute values quoted (maybe identifiers): they stay silent here.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -101,7 +103,8 @@ def parse_dataset(stream) -> tuple[Dataset, bool]:
             raise
         except Exception as exc:  # pydicom raises many types on corrupt input
             raise CorruptFileError(
-                f"the DICOM file cannot be parsed: it is truncated or corrupt ({type(exc).__name__})"
+                "the DICOM file cannot be parsed: it is truncated or corrupt "
+                f"({type(exc).__name__})"
             ) from None
     truncated = any("end of file" in str(w.message).lower() for w in caught)
     return ds, truncated
@@ -121,7 +124,11 @@ def _parse_forced(stream) -> Dataset:
 
 
 def decode_dataset(
-    ds: Dataset, *, truncated: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, color: str = "luma"
+    ds: Dataset,
+    *,
+    truncated: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    color: str = "luma",
 ) -> Image:
     """Turn a parsed dataset into an :class:`Image` (see :func:`read_image`)."""
     if not any(k in ds for k in PIXEL_KEYWORDS):
@@ -190,7 +197,9 @@ def _guard(fn, what: str):
     try:
         return fn()
     except Exception as exc:
-        raise CorruptFileError(f"the pixel data cannot be transformed by {what} ({type(exc).__name__})") from None
+        raise CorruptFileError(
+            f"the pixel data cannot be transformed by {what} ({type(exc).__name__})"
+        ) from None
 
 
 def _image_attributes(ds: Dataset) -> dict:
@@ -242,7 +251,9 @@ def _ensure_transfer_syntax(ds: Dataset) -> UID:
         ds.file_meta.TransferSyntaxUID = tsyntax
     tsyntax = UID(str(tsyntax))
     if not tsyntax.is_transfer_syntax:
-        raise UnsupportedTransferSyntaxError("the file's transfer syntax UID is not a known transfer syntax")
+        raise UnsupportedTransferSyntaxError(
+            "the file's transfer syntax UID is not a known transfer syntax"
+        )
     if tsyntax.is_compressed:
         decoder = _decoder(tsyntax)
         if decoder is None or not decoder.is_available:
@@ -311,8 +322,14 @@ def _window(ds: Dataset) -> tuple[float | None, float | None]:
 
 def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     """Row/column spacing in mm, or None when absent, zero or invalid (never a division by 0)."""
-    measures = _shared_item(ds, "PixelMeasuresSequence") or _first_frame_item(ds, "PixelMeasuresSequence")
-    for item, keyword in ((ds, "PixelSpacing"), (measures, "PixelSpacing"), (ds, "ImagerPixelSpacing")):
+    measures = _shared_item(ds, "PixelMeasuresSequence") or _first_frame_item(
+        ds, "PixelMeasuresSequence"
+    )
+    for item, keyword in (
+        (ds, "PixelSpacing"),
+        (measures, "PixelSpacing"),
+        (ds, "ImagerPixelSpacing"),
+    ):
         if item is None or keyword not in item:
             continue
         try:
@@ -369,7 +386,9 @@ def _technical_meta(ds, geom, tsyntax, slope, intercept) -> dict:
         if orient is not None and meta["image_orientation"] is None:
             meta["image_orientation"] = _floats(orient.get("ImageOrientationPatient"))
     try:
-        meta["instance_number"] = int(ds.get("InstanceNumber")) if ds.get("InstanceNumber") else None
+        meta["instance_number"] = (
+            int(ds.get("InstanceNumber")) if ds.get("InstanceNumber") else None
+        )
     except (TypeError, ValueError):
         meta["instance_number"] = None
     return meta

@@ -59,7 +59,7 @@ class ImageTooLargeError(ImagingError):
 
 
 class InconsistentSeriesError(ImagingError):
-    """The files of a series disagree (spacing, orientation, size, mixed series) or cannot be ordered."""
+    """Series files disagree (size, spacing, orientation, mixed series) or cannot be ordered."""
 
     code = "inconsistent_series"
 

@@ -1,4 +1,4 @@
-"""The two in-memory results of the imaging layer: a 2D/multi-frame :class:`Image` and a 3D :class:`Volume`.
+"""The imaging layer's in-memory results: a 2D/multi-frame :class:`Image`, a 3D :class:`Volume`.
 
 Both carry pixels with physical meaning (HU for CT, "higher is denser" for radiographs) and the
 geometry needed to relate a voxel to millimetres.
@@ -16,13 +16,14 @@ class Image:
     """One decoded DICOM image.
 
     Attributes:
-        pixels: float32, ``(H, W)`` or ``(frames, H, W)``. CT is in Hounsfield units (RescaleSlope and
-            RescaleIntercept applied); MONOCHROME1 is inverted so that higher is denser everywhere.
+        pixels: float32, ``(H, W)`` or ``(frames, H, W)``. CT is in Hounsfield units
+            (RescaleSlope and RescaleIntercept applied); MONOCHROME1 is inverted so that higher
+            is denser everywhere.
         spacing: ``(row, col)`` pixel spacing in mm, ``None`` where the file declares none or 0.
         modality: DICOM Modality (``"CT"``, ``"CR"``, ...), ``""`` if absent.
         photometric: the file's PhotometricInterpretation before any conversion.
         window_center / window_width: the first VOI window of the file, in output units, if present.
-        study_uid / series_uid / sop_uid: instance UIDs (identifiers of the image, not of the patient).
+        study_uid / series_uid / sop_uid: instance UIDs (they identify the image, not the patient).
         meta: further technical attributes (transfer syntax, bits stored, rescale, ...).
     """
 

@@ -4,7 +4,8 @@ These are the documented rules of :func:`imaging.dicom.read_image`, kept separat
 other readers apply exactly the same ones:
 
 1. **Colour → grayscale** (only when colour input is accepted): pydicom's ``pixel_array`` yields RGB
-   for RGB and YBR_* data (YCbCr is converted by pydicom); PALETTE COLOR goes through its lookup table.
+   for RGB and YBR_* data (YCbCr is converted by pydicom); PALETTE COLOR goes through its
+   lookup table.
    The gray value is the ITU-R BT.601 luma ``0.299 R + 0.587 G + 0.114 B``.
 2. **MONOCHROME1 inversion** in the stored-value domain over the ``BitsStored`` range
    (``v → 2**BitsStored − 1 − v`` unsigned, ``v → −1 − v`` two's complement), so that afterwards
@@ -34,9 +35,9 @@ def to_luma(rgb: np.ndarray) -> np.ndarray:
 def invert_monochrome1(arr: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
     """Invert stored MONOCHROME1 values over the ``bits_stored`` range so higher means denser.
 
-    Integer in, int64 out, so that a Modality LUT can still index with the result.
+    Integer in, integer out (int32; int64 for 32-bit data): a Modality LUT can still index with it.
     """
-    wide = arr.astype(np.int64)
+    wide = arr.astype(np.int32 if bits_stored < 32 else np.int64)
     return -1 - wide if signed else (2**bits_stored - 1) - wide
 
 
@@ -83,7 +84,15 @@ def rescale_parameters(ds: Dataset, n_frames: int) -> tuple[np.ndarray, np.ndarr
 
 
 def apply_rescale_frames(arr: np.ndarray, slope: np.ndarray, intercept: np.ndarray) -> np.ndarray:
-    """Apply per-frame linear rescale to ``(F, H, W)`` or ``(H, W)`` (one frame) stored values."""
+    """Apply per-frame linear rescale to ``(F, H, W)`` or ``(H, W)`` (one frame) stored values.
+
+    Values of up to 16 bits are exact in float32, so the arithmetic stays in float32 for them
+    (half the memory traffic of float64); wider data is computed in float64.
+    """
+    exact32 = arr.dtype.kind in "iu" and np.abs(arr).max(initial=0) < 2**24
+    arr = arr.astype(np.float32 if exact32 else np.float64, copy=False)
+    if np.all(slope == 1) and np.all(intercept == 0):
+        return arr
     if arr.ndim == 2:
         return arr * slope[0] + intercept[0]
     return arr * slope[:, None, None] + intercept[:, None, None]

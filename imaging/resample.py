@@ -12,7 +12,9 @@ import numpy as np
 from .image import Volume
 
 
-def resample_to_spacing(volume: Volume, spacing: tuple[float, float, float], *, order: int = 1) -> Volume:
+def resample_to_spacing(
+    volume: Volume, spacing: tuple[float, float, float], *, order: int = 1
+) -> Volume:
     """Return a new volume with voxel size ``spacing`` (mm, ``(d, h, w)``).
 
     Args:
@@ -24,7 +26,7 @@ def resample_to_spacing(volume: Volume, spacing: tuple[float, float, float], *, 
         raise ValueError(f"spacing must be three positive numbers in mm, got {spacing}")
     data = volume.voxels
     affine = volume.affine.copy()
-    for axis, (old, new) in enumerate(zip(volume.spacing, spacing)):
+    for axis, (old, new) in enumerate(zip(volume.spacing, spacing, strict=True)):
         n_old = data.shape[axis]
         n_new = max(1, int(round(n_old * old / new)))
         coords = np.arange(n_new) * (new / old)  # positions in input index units

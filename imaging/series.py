@@ -95,12 +95,19 @@ def _slices_of(image: Image) -> list[_Slice]:
     meta = image.meta
     orientation = _array(meta.get("image_orientation"))
     if image.pixels.ndim == 2:
-        return [_Slice(image.pixels, _array(meta.get("image_position")), orientation,
-                       meta.get("instance_number"), image)]
+        return [
+            _Slice(
+                image.pixels,
+                _array(meta.get("image_position")),
+                orientation,
+                meta.get("instance_number"),
+                image,
+            )
+        ]
     positions = meta.get("frame_positions") or [None] * image.pixels.shape[0]
     return [
         _Slice(frame, _array(pos), orientation, k, image)
-        for k, (frame, pos) in enumerate(zip(image.pixels, positions))
+        for k, (frame, pos) in enumerate(zip(image.pixels, positions, strict=True))
     ]
 
 

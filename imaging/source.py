@@ -14,7 +14,7 @@ from typing import BinaryIO, Union
 
 from .errors import ImageTooLargeError, ImagingError, NotDicomError
 
-Source = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
+Source = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]  # noqa: UP007 (3.10 alias)
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -43,7 +43,9 @@ def open_source(source: Source, max_bytes: int) -> tuple[BinaryIO, str]:
         stream = source if _seekable(source) else io.BytesIO(source.read())
         label = "stream"
     else:
-        raise TypeError(f"read_image expects a path, bytes or a binary file object, not {type(source)}")
+        raise TypeError(
+            f"read_image expects a path, bytes or a binary file object, not {type(source)}"
+        )
 
     head = stream.read(2)
     stream.seek(0)

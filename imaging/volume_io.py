@@ -19,9 +19,7 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 METAIMAGE_SUFFIXES = (".mhd", ".mha")
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # (x, y, z) index order ↔ (w, h, d): reverse the three axes, keep the homogeneous one.
-XYZ_TO_DHW = np.array(
-    [[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64
-)
+XYZ_TO_DHW = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
 
 
 def read_volume(path: str | os.PathLike) -> Volume:
@@ -47,15 +45,20 @@ def _read_nifti(path: Path) -> Volume:
         img = nib.load(str(path))
         data = np.asarray(img.get_fdata(dtype=np.float32))  # applies scl_slope / scl_inter
     except Exception as exc:
-        raise CorruptFileError(f"{path.name!r} is not a readable NIfTI file ({type(exc).__name__})") from None
+        raise CorruptFileError(
+            f"{path.name!r} is not a readable NIfTI file ({type(exc).__name__})"
+        ) from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
-        raise UnsupportedFormatError(f"{path.name!r} holds a {data.ndim}-D image; a 3-D volume is needed")
+        raise UnsupportedFormatError(
+            f"{path.name!r} holds a {data.ndim}-D image; a 3-D volume is needed"
+        )
     affine = RAS_TO_LPS @ img.affine @ XYZ_TO_DHW
     voxels = np.ascontiguousarray(data.transpose(2, 1, 0))
-    return Volume(voxels=voxels, spacing=_column_norms(affine), affine=affine,
-                  meta={"source_format": "nifti"})
+    return Volume(
+        voxels=voxels, spacing=_column_norms(affine), affine=affine, meta={"source_format": "nifti"}
+    )
 
 
 def _read_metaimage(path: Path) -> Volume:
@@ -65,7 +68,8 @@ def _read_metaimage(path: Path) -> Volume:
         img = sitk.ReadImage(str(path))
     except Exception as exc:  # SimpleITK raises RuntimeError with its own text
         raise CorruptFileError(
-            f"{path.name!r} is not a readable MetaImage file (is its .raw beside it?) ({type(exc).__name__})"
+            f"{path.name!r} is not a readable MetaImage file (is its .raw beside it?) "
+            f"({type(exc).__name__})"
         ) from None
     if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
         raise UnsupportedFormatError(f"{path.name!r} is not a 3-D scalar volume")
@@ -77,8 +81,12 @@ def _read_metaimage(path: Path) -> Volume:
     affine[:3, 1] = direction[:, 1] * sy
     affine[:3, 2] = direction[:, 0] * sx
     affine[:3, 3] = img.GetOrigin()  # ITK's physical space is LPS already
-    return Volume(voxels=np.ascontiguousarray(voxels), spacing=(sz, sy, sx), affine=affine,
-                  meta={"source_format": "metaimage"})
+    return Volume(
+        voxels=np.ascontiguousarray(voxels),
+        spacing=(sz, sy, sx),
+        affine=affine,
+        meta={"source_format": "metaimage"},
+    )
 
 
 def _column_norms(affine: np.ndarray) -> tuple[float, float, float]:

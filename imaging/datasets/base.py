@@ -203,27 +203,9 @@ def read_dicom_radiograph(path: Path) -> np.ndarray:
 
 def read_volume_hu(path: Path):
     """A CT volume file (.mhd/.nii) → :class:`imaging.image.Volume` in HU, ``(D, H, W)``."""
-    try:
-        from imaging.series import read_volume
-    except ImportError:  # imaging.series not written yet: SimpleITK stand-in
-        read_volume = _read_volume_fallback
+    from imaging.series import read_volume
+
     return read_volume(path)
-
-
-def _read_volume_fallback(path: Path):
-    import SimpleITK as sitk
-
-    from imaging.image import Volume
-
-    img = sitk.ReadImage(str(path))
-    voxels = sitk.GetArrayFromImage(img).astype(np.float32)  # (z, y, x) = (D, H, W)
-    sx, sy, sz = img.GetSpacing()
-    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
-    # columns of the (d, h, w) -> (x, y, z) map: slice axis is ITK z, row is y, column is x
-    affine = np.eye(4)
-    affine[:3, :3] = direction[:, ::-1] * np.array([sz, sy, sx])
-    affine[:3, 3] = img.GetOrigin()
-    return Volume(voxels, (sz, sy, sx), affine=affine)
 
 
 def stable_seed(*parts: object) -> int:

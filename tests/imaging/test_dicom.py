@@ -86,8 +86,12 @@ def test_ct_hounsfield_by_hand():
 def test_monochrome1_inverted_over_bits_stored_and_window_follows():
     stored = np.array([[0, 100], [4000, 4095]])
     ds = make_dataset(
-        stored, photometric="MONOCHROME1", modality="CR", bits_stored=12,
-        WindowCenter=1000, WindowWidth=500,
+        stored,
+        photometric="MONOCHROME1",
+        modality="CR",
+        bits_stored=12,
+        WindowCenter=1000,
+        WindowWidth=500,
     )
     image = read_image(to_bytes(ds))
     np.testing.assert_array_equal(image.pixels, [[4095, 3995], [95, 0]])  # higher = denser
@@ -117,7 +121,9 @@ def test_uids_and_spacing_of_ct():
     image = read_image(path)
     assert image.spacing == tuple(float(v) for v in ds.PixelSpacing)
     assert (image.study_uid, image.series_uid, image.sop_uid) == (
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID,
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        ds.SOPInstanceUID,
     )
     assert image.window_center is None and "WindowCenter" not in ds
 

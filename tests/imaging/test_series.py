@@ -54,7 +54,9 @@ def write_slices(
         ds.PatientID = "ANON"
         ds.InstanceNumber = k + 1
         if positions:
-            ds.ImagePositionPatient = [float(v) for v in np.asarray(origin) + k * spacing[0] * normal]
+            ds.ImagePositionPatient = [
+                float(v) for v in np.asarray(origin) + k * spacing[0] * normal
+            ]
             ds.ImageOrientationPatient = [float(v) for v in orientation]
         ds.PixelSpacing = [spacing[1], spacing[2]]
         ds.SliceThickness = spacing[0]
@@ -137,8 +139,9 @@ def test_inconsistent_series_are_refused(tmp_path):
     ds.save_as(paths[1])
     with pytest.raises(errors.InconsistentSeriesError, match="orientation"):
         read_series(paths)
-    other = write_slices(tmp_path, random_hu(shape=(2, 8, 8)), series_uid=ds.SeriesInstanceUID,
-                         name="o")
+    other = write_slices(
+        tmp_path, random_hu(shape=(2, 8, 8)), series_uid=ds.SeriesInstanceUID, name="o"
+    )
     with pytest.raises(errors.InconsistentSeriesError, match="size"):
         read_series(paths[2:] + other)
 
