@@ -1,11 +1,11 @@
-"""The phantom's coordinate frame and the vectorised drawing primitives every organ is built from.
+"""The phantom's coordinate frame and the vectorised drawing primitives organs are built from.
 
-Anatomy is designed in a *canonical* frame (mm of a reference patient) that is stretched per axis to
-fill the requested field of view, so any ``shape``/``spacing`` shows the whole thorax:
+Anatomy is designed in a *canonical* frame (mm of a reference patient) that is stretched per
+axis to fill the requested field of view, so any ``shape``/``spacing`` shows the whole thorax:
 
-* ``Z`` 0..320 superior -> inferior (slice index ``d`` grows inferiorly, ``d = 0`` is the top slice),
+* ``Z`` 0..320 superior -> inferior (slice index ``d``; ``d = 0`` is the top slice),
 * ``Y`` -160..160 anterior -> posterior (row index ``h``),
-* ``X`` -160..160 patient right -> left (column index ``w``, as a DICOM axial image seen from the feet).
+* ``X`` -160..160 patient right -> left (column ``w``, a DICOM axial image seen from the feet).
 
 The patient frame is the canonical frame shifted and turned about ``Z`` by the sampled patient pose;
 organs are written in patient coordinates.
@@ -73,7 +73,7 @@ class Grid:
 
 
 def smoothstep(x, lo: float, hi: float):
-    """0 below ``lo``, 1 above ``hi``, a smooth cubic ramp between (used for gentle organ tapers)."""
+    """0 below ``lo``, 1 above ``hi``, a smooth cubic ramp between (gentle organ tapers)."""
     t = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
     return t * t * (3.0 - 2.0 * t)
 
@@ -98,7 +98,10 @@ def ellipsoid(grid: Grid, center, axes, rot: np.ndarray) -> np.ndarray:
 
 
 def polyline_points(ctrl, radii, step: float):
-    """Sample a smooth curve through control points ``(N, 3)`` every ``step`` mm (Catmull-Rom).
+    """Sample a smooth curve through control points ``(N, 3)`` (Catmull-Rom).
+
+    Samples are ``step`` mm apart, or a third of the radius for thick tubes (balls that close
+    together already make a smooth tube).
 
     Returns the points ``(M, 3)`` and linearly interpolated radii ``(M,)``.
     """
@@ -108,7 +111,8 @@ def polyline_points(ctrl, radii, step: float):
     pts, rs = [], []
     for i in range(len(ctrl) - 1):
         p0, p1, p2, p3 = p[i], p[i + 1], p[i + 2], p[i + 3]
-        n = max(2, int(np.ceil(np.linalg.norm(p2 - p1) / step)) + 1)
+        local = max(step, min(radii[i], radii[i + 1]) / 3.0)
+        n = max(2, int(np.ceil(np.linalg.norm(p2 - p1) / local)) + 1)
         t = np.linspace(0.0, 1.0, n)[:-1, None]
         seg = 0.5 * (
             2 * p1
@@ -124,7 +128,7 @@ def polyline_points(ctrl, radii, step: float):
 
 
 def segment_points(p0, p1, r0: float, r1: float, step: float):
-    """Points ``(M, 3)`` and radii ``(M,)`` every ``step`` mm along the straight segment p0 -> p1."""
+    """Points ``(M, 3)`` and radii ``(M,)`` every ``step`` mm along the segment p0 -> p1."""
     p0, p1 = np.asarray(p0, dtype=float), np.asarray(p1, dtype=float)
     n = max(2, int(np.ceil(np.linalg.norm(p1 - p0) / step)) + 1)
     t = np.linspace(0.0, 1.0, n)[:, None]
@@ -132,7 +136,7 @@ def segment_points(p0, p1, r0: float, r1: float, step: float):
 
 
 def splat_tubes(grid: Grid, pts, radii, out: np.ndarray | None = None) -> np.ndarray:
-    """Partial-volume occupancy in [0, 1] of the union of balls (``pts`` patient mm, ``radii`` mm).
+    """Partial-volume occupancy in [0, 1] of a union of balls (``pts`` patient mm, ``radii`` mm).
 
     Densely sampled balls along a centreline make a tube. Every ball touches only a small stencil
     of voxels, so the cost grows with the tube length, not with the volume.

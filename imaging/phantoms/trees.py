@@ -14,11 +14,17 @@ from ._geometry import Grid, segment_points
 
 def _turn(rng: np.random.Generator, d: np.ndarray, angle_deg: float) -> np.ndarray:
     """Unit vector at ``angle_deg`` (plus jitter) from ``d`` in a random azimuth around it."""
-    d = d / np.linalg.norm(d)
-    helper = np.array([1.0, 0.0, 0.0]) if abs(d[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
-    u = np.cross(d, helper)
-    u /= np.linalg.norm(u)
-    v = np.cross(d, u)
+    d = d / np.sqrt(d @ d)
+    helper = (1.0, 0.0, 0.0) if abs(d[0]) < 0.9 else (0.0, 1.0, 0.0)
+    u = np.array(
+        [
+            d[1] * helper[2] - d[2] * helper[1],
+            d[2] * helper[0] - d[0] * helper[2],
+            d[0] * helper[1] - d[1] * helper[0],
+        ]
+    )
+    u /= np.sqrt(u @ u)
+    v = np.array([d[1] * u[2] - d[2] * u[1], d[2] * u[0] - d[0] * u[2], d[0] * u[1] - d[1] * u[0]])
     phi = rng.uniform(0, 2 * np.pi)
     a = np.deg2rad(angle_deg * rng.uniform(0.7, 1.3))
     return np.cos(a) * d + np.sin(a) * (np.cos(phi) * u + np.sin(phi) * v)
@@ -56,19 +62,22 @@ def grow_tree(
     while stack:
         p0, d, r, L, g = stack.pop()
         d = d / np.linalg.norm(d)
-        p1 = p0 + d * L * rng.uniform(0.8, 1.2)
+        # a branch that would leave the lung tries other directions, then half its length
+        p1 = p0 + d * L
         if not grid.lookup(inside, p1[None])[0]:
-            p1 = p0 + (p1 - p0) * 0.5  # try a shorter branch before giving up
-            if not grid.lookup(inside, p1[None])[0]:
+            tries = [d] + [_turn(rng, d, angle_deg) for _ in range(3)]
+            ends = np.array([p0 + t * L * f for f in (1.0, 0.5) for t in tries])
+            ok = np.flatnonzero(grid.lookup(inside, ends))
+            if len(ok) == 0:
                 continue
+            p1 = ends[ok[0]]
+        d = (p1 - p0) / np.linalg.norm(p1 - p0)
         seg, sr = segment_points(p0, p1, r, r * 0.92, step)
         pts.append(seg)
         rads.append(sr)
         if g + 1 < depth:
             for _ in range(2):
-                stack.append(
-                    (p1, _turn(rng, d, angle_deg), r * shrink_rad, L * shrink_len, g + 1)
-                )
+                stack.append((p1, _turn(rng, d, angle_deg), r * shrink_rad, L * shrink_len, g + 1))
     if not pts:
         return np.zeros((0, 3)), np.zeros(0)
     return np.vstack(pts), np.concatenate(rads)

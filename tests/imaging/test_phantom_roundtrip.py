@@ -77,8 +77,12 @@ def test_radiograph_round_trip(tmp_path, phantom, modality, photometric):
     film = make_radiograph(phantom, size=(96, 80))
     bits = 12
     path = write_radiograph(
-        film.pixels, tmp_path / "cxr.dcm", modality=modality, photometric=photometric,
-        spacing=(0.5, 0.6), bits=bits,
+        film.pixels,
+        tmp_path / "cxr.dcm",
+        modality=modality,
+        photometric=photometric,
+        spacing=(0.5, 0.6),
+        bits=bits,
     )
     image = read_image(path)
     ds = pydicom.dcmread(path)
