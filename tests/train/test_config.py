@@ -1,0 +1,60 @@
+"""YAML + ``--set`` config loading: types are checked, unknown keys refused, round trip exact."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+import yaml
+
+from train.config import ConfigError, dump_config, load_config
+
+
+@dataclass
+class Inner:
+    lr: float = 1.0
+    name: Literal["sgd", "adam"] = "sgd"
+    size: tuple[int, int, int] = (64, 64, 32)
+    subsets: list[int] = field(default_factory=lambda: [0, 1])
+    root: str | None = None
+
+
+@dataclass
+class Outer:
+    inner: Inner = field(default_factory=Inner)
+    epochs: int = 3
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("inner:\n  lr: 2\n  size: [32, 32, 16]\nepochs: 5\n")
+    cfg = load_config(Outer, path, ["inner.lr=0.1", "inner.name=adam", "inner.root=/data"])
+    assert cfg.inner.lr == 0.1 and isinstance(cfg.inner.lr, float)
+    assert cfg.inner.size == (32, 32, 16) and cfg.epochs == 5
+    assert cfg.inner.name == "adam" and cfg.inner.root == "/data"
+    again = load_config(Outer, None, [])
+    assert again.inner.lr == 1.0  # defaults untouched
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = load_config(Outer, None, ["inner.subsets=[5, 6]", "epochs=7"])
+    (tmp_path / "r.yaml").write_text(dump_config(cfg))
+    assert load_config(Outer, tmp_path / "r.yaml") == cfg
+    assert yaml.safe_load(dump_config(cfg))["inner"]["size"] == [64, 64, 32]
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("inner.lrr=1", "unknown key"),
+        ("inner.lr=fast", "expected float"),
+        ("inner.name=rmsprop", "not one of"),
+        ("epochs=2.5", "expected int"),
+        ("inner.size=[1, 2]", "expected 3 items"),
+        ("epochs", "a.b=value"),
+    ],
+)
+def test_bad_overrides_are_refused(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(Outer, None, [override])

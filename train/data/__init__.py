@@ -1,0 +1,1 @@
+"""Training data: sub-volume (cube) extraction and on-disk caches."""
