@@ -1,4 +1,4 @@
-"""Cube extraction: the density rule restated from the release's loop, borders, HU scaling, cache."""
+"""Cube extraction: the release's density rule restated, borders, HU scaling, the cache."""
 
 from __future__ import annotations
 
