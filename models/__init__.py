@@ -1,1 +1,49 @@
-"""anatomix: models layer."""
+"""anatomix models layer: architectures, the model registry, and checkpoint files.
+
+Public API::
+
+    build_model(name, **kwargs)            # registry front door (MODELS)
+    UNet3D, GenesisClassifier              # Models Genesis (3D CT)
+    save_weights / load_weights / load_model   # safetensors + model_name/model_args
+    atomic_path / atomic_write_bytes       # crash-safe writes (reused by train/)
+    load_torch_file                        # torch.load(weights_only=True), never unsafe
+    import_official(family, path, out=...) # released checkpoints (OFFICIAL_IMPORTERS)
+"""
+
+from .checkpoint import (
+    CheckpointError,
+    CheckpointMismatchError,
+    UnsafeCheckpointError,
+    WeightsInfo,
+    atomic_path,
+    atomic_write_bytes,
+    load_model,
+    load_torch_file,
+    load_weights,
+    save_weights,
+)
+from .official import OFFICIAL_IMPORTERS, ImportReport, import_official
+from .registry import MODELS, build_model
+from .unet3d import ContBatchNorm3d, EncoderLoadResult, GenesisClassifier, UNet3D
+
+__all__ = [
+    "MODELS",
+    "OFFICIAL_IMPORTERS",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "ContBatchNorm3d",
+    "EncoderLoadResult",
+    "GenesisClassifier",
+    "ImportReport",
+    "UNet3D",
+    "UnsafeCheckpointError",
+    "WeightsInfo",
+    "atomic_path",
+    "atomic_write_bytes",
+    "build_model",
+    "import_official",
+    "load_model",
+    "load_torch_file",
+    "load_weights",
+    "save_weights",
+]

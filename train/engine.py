@@ -1,0 +1,366 @@
+"""The training loop shared by every method: one process or DistributedDataParallel, resumable.
+
+Determinism is what makes resume exact: the data order of an epoch comes from a
+``DistributedSampler`` seeded by ``(seed, epoch)``, and every step's augmentation randomness from
+a generator seeded by ``(seed, epoch, step, rank)``. A checkpoint therefore only needs the weights,
+the optimiser and scheduler states and the counters, and a resumed run replays exactly the steps an
+uninterrupted run would have taken.
+
+Run directory::
+
+    config.yaml                 the resolved config
+    metrics.jsonl               one JSON object per log step / epoch
+    model.safetensors           best-validation weights (what export reads)
+    checkpoints/latest          name of the newest complete checkpoint
+    checkpoints/step_00000120/  model.safetensors + state.pt (optimiser, scheduler, counters)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from models.checkpoint import atomic_write_bytes, load_torch_file, load_weights, save_weights
+
+from .config import dump_config
+from .optim import build_optimizer, build_scheduler
+from .settings import RunConfig
+
+
+class CubeSource(Protocol):
+    def __len__(self) -> int: ...
+    def batch(self, indices: list[int]) -> torch.Tensor: ...
+
+
+class Method(Protocol):
+    """What a method gives the engine (see ``train/genesis/method.py`` for an example)."""
+
+    cfg: RunConfig
+
+    def build_model(self) -> tuple[torch.nn.Module, str, dict]: ...
+    def datasets(self) -> tuple[CubeSource, CubeSource]: ...
+    def loss(self, model, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
+
+
+@dataclass
+class Progress:
+    """Counters saved in ``state.pt``."""
+
+    epoch: int = 0  # the epoch in progress
+    step_in_epoch: int = 0  # steps of ``epoch`` already taken
+    global_step: int = 0
+    best_val: float = math.inf
+    bad_epochs: int = 0
+    finished: bool = False
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: torch.device) -> Dist:
+    """Join the process group when started by ``torchrun`` (gloo on CPU, nccl on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size())
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("loop.device=cuda but no CUDA device is available")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(local)
+    return torch.device("cuda", local)
+
+
+def step_generator(seed: int, *parts: int) -> torch.Generator:
+    """A CPU generator whose seed depends only on ``seed`` and ``parts`` (resume-safe)."""
+    value = seed
+    for p in parts:
+        value = (value * 1_000_003 + p + 1) % (2**63 - 1)
+    return torch.Generator().manual_seed(value)
+
+
+def fit(
+    method: Method,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    stop_after_steps: int | None = None,
+) -> Progress:
+    """Train ``method`` into ``run_dir``; returns the final counters.
+
+    Args:
+        resume: continue from ``checkpoints/latest`` (an error if there is none).
+        stop_after_steps: checkpoint and return once ``global_step`` reaches this (used to test
+            interruption; a real kill loses at most the steps since the last checkpoint).
+    """
+    cfg = method.cfg
+    loop = cfg.loop
+    run_dir = Path(run_dir)
+    device = pick_device(loop.device)
+    ddp = setup_distributed(device)
+
+    torch.manual_seed(loop.seed)  # identical initial weights on every rank
+    model, model_name, model_args = method.build_model()
+    model.to(device)
+    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, loop.epochs)
+    prog = Progress()
+
+    ckpt_root = run_dir / "checkpoints"
+    if resume:
+        prog = _restore(ckpt_root, model, optimizer, scheduler, device)
+    elif (ckpt_root / "latest").is_file():
+        raise FileExistsError(f"{run_dir} already holds a run: pass --resume or a new --run-dir")
+    if ddp.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / "config.yaml", dump_config(cfg).encode())
+        _truncate_metrics(run_dir / "metrics.jsonl", prog.global_step)
+
+    train_set, val_set = method.datasets()
+    net = DistributedDataParallel(model) if ddp.world > 1 else model
+    sampler = DistributedSampler(
+        range(len(train_set)),
+        num_replicas=ddp.world,
+        rank=ddp.rank,
+        shuffle=True,
+        seed=loop.seed,
+        drop_last=True,
+    )
+    per_epoch = len(sampler) // loop.batch_size
+    if loop.steps_per_epoch is not None:
+        per_epoch = min(per_epoch, loop.steps_per_epoch)
+    if per_epoch == 0:
+        raise ValueError(
+            f"{len(train_set)} training samples give no batch of {loop.batch_size} per process"
+        )
+    autocast = _autocast(loop.amp, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=loop.amp == "fp16" and device.type == "cuda")
+    metrics = _MetricsLog(run_dir / "metrics.jsonl", enabled=ddp.main)
+
+    while prog.epoch < loop.epochs and not prog.finished:
+        sampler.set_epoch(prog.epoch)
+        order = list(sampler)
+        net.train()
+        bar = tqdm(
+            range(prog.step_in_epoch, per_epoch),
+            total=per_epoch,
+            initial=prog.step_in_epoch,
+            desc=f"epoch {prog.epoch + 1}/{loop.epochs}",
+            disable=not (ddp.main and loop.progress),
+            dynamic_ncols=True,
+        )
+        tick, seen = time.perf_counter(), 0
+        for b in bar:
+            idx = order[b * loop.batch_size : (b + 1) * loop.batch_size]
+            batch = train_set.batch(idx).to(device, non_blocking=True)
+            gen = step_generator(loop.seed, prog.epoch, b, ddp.rank)
+            with autocast:
+                loss = method.loss(net, batch, gen)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            prog.global_step += 1
+            prog.step_in_epoch = b + 1
+            seen += len(idx) * ddp.world
+            if prog.global_step % loop.log_every == 0:
+                rate = seen / max(time.perf_counter() - tick, 1e-9)
+                bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.1f}")
+                metrics.write(
+                    step=prog.global_step,
+                    epoch=prog.epoch,
+                    loss=loss.item(),
+                    lr=optimizer.param_groups[0]["lr"],
+                    samples_per_s=rate,
+                )
+            if stop_after_steps is not None and prog.global_step >= stop_after_steps:
+                _save(
+                    ckpt_root,
+                    model,
+                    model_name,
+                    model_args,
+                    optimizer,
+                    scheduler,
+                    prog,
+                    ddp,
+                    loop.keep_checkpoints,
+                )
+                bar.close()
+                _barrier(ddp)
+                return prog
+            if prog.global_step % loop.checkpoint_every == 0 and prog.step_in_epoch < per_epoch:
+                _save(
+                    ckpt_root,
+                    model,
+                    model_name,
+                    model_args,
+                    optimizer,
+                    scheduler,
+                    prog,
+                    ddp,
+                    loop.keep_checkpoints,
+                )
+        bar.close()
+
+        val = evaluate(method, net, val_set, loop, device, autocast)
+        scheduler.step()
+        improved = val < prog.best_val
+        if improved:
+            prog.best_val, prog.bad_epochs = val, 0
+            if ddp.main:
+                save_weights(
+                    model,
+                    run_dir / "model.safetensors",
+                    model_name=model_name,
+                    model_args=model_args,
+                    metadata={"epoch": str(prog.epoch), "val_loss": f"{val:.6g}"},
+                )
+        else:
+            prog.bad_epochs += 1
+        metrics.write(
+            step=prog.global_step, epoch=prog.epoch, val_loss=val, best_val_loss=prog.best_val
+        )
+        prog.epoch, prog.step_in_epoch = prog.epoch + 1, 0
+        if loop.patience is not None and prog.bad_epochs >= loop.patience:
+            prog.finished = True  # early stopping
+        _save(
+            ckpt_root,
+            model,
+            model_name,
+            model_args,
+            optimizer,
+            scheduler,
+            prog,
+            ddp,
+            loop.keep_checkpoints,
+        )
+    prog.finished = True
+    if ddp.world > 1:
+        diff = replica_divergence(model)
+        metrics.write(step=prog.global_step, epoch=prog.epoch, replica_max_abs_diff=diff)
+    _barrier(ddp)
+    return prog
+
+
+def replica_divergence(model: torch.nn.Module) -> float:
+    """Largest difference between any rank's weights and rank 0's (0.0 when DDP kept them equal)."""
+    device = next(model.parameters()).device
+    worst = torch.zeros((), dtype=torch.float64, device=device)
+    for tensor in model.state_dict().values():
+        if not tensor.is_floating_point():
+            continue
+        reference = tensor.detach().clone()
+        dist.broadcast(reference, src=0)
+        worst = torch.maximum(worst, (tensor.detach() - reference).abs().max().double())
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    return float(worst)
+
+
+@torch.no_grad()
+def evaluate(method, net, val_set, loop, device, autocast) -> float:
+    """Mean validation loss with fixed per-batch randomness (every rank computes all of it)."""
+    net.eval()
+    total, count = 0.0, 0
+    for b, start in enumerate(range(0, len(val_set), loop.batch_size)):
+        idx = list(range(start, min(start + loop.batch_size, len(val_set))))
+        batch = val_set.batch(idx).to(device)
+        with autocast:
+            loss = method.loss(net, batch, step_generator(loop.seed, -1, b))
+        total += float(loss) * len(idx)
+        count += len(idx)
+    return total / max(count, 1)
+
+
+def _autocast(amp: str, device: torch.device):
+    if amp == "off" or device.type != "cuda":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def _barrier(ddp: Dist) -> None:
+    if ddp.world > 1:
+        dist.barrier()
+
+
+def _save(root: Path, model, model_name, model_args, optimizer, scheduler, prog, ddp, keep):
+    """Write ``checkpoints/step_N`` completely, then point ``latest`` at it (atomic rename)."""
+    if not ddp.main:
+        return
+    name = f"step_{prog.global_step:08d}"
+    final = root / name
+    tmp = root / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_weights(model, tmp / "model.safetensors", model_name=model_name, model_args=model_args)
+    state = {
+        "progress": asdict(prog),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+    }
+    torch.save(state, tmp / "state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    atomic_write_bytes(root / "latest", name.encode())
+    for old in sorted(root.glob("step_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _restore(root: Path, model, optimizer, scheduler, device) -> Progress:
+    pointer = root / "latest"
+    if not pointer.is_file():
+        raise FileNotFoundError(f"nothing to resume: {pointer} does not exist")
+    ckpt = root / pointer.read_text().strip()
+    weights, _ = load_weights(ckpt / "model.safetensors")
+    model.load_state_dict(weights, strict=True)
+    state = load_torch_file(ckpt / "state.pt")
+    optimizer.load_state_dict(state["optimizer"])
+    for group_state in optimizer.state.values():  # optimiser buffers onto the model's device
+        for k, v in group_state.items():
+            if torch.is_tensor(v):
+                group_state[k] = v.to(device)
+    scheduler.load_state_dict(state["scheduler"])
+    return Progress(**state["progress"])
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop log lines written after the checkpoint (they will be written again)."""
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+    atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
+
+
+class _MetricsLog:
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+
+    def write(self, **record) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")

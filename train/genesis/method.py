@@ -1,0 +1,38 @@
+"""Models Genesis as a :class:`~train.engine.Method`: restore the original cube from its
+transformed version; loss = MSE(sigmoid output, original), as released."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from kernels.genesis import transform_batch
+from models.registry import build_model
+
+from .config import GenesisConfig
+from .data import load_cubes
+
+
+class GenesisMethod:
+    def __init__(self, cfg: GenesisConfig, run_dir: str | Path) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+
+    def build_model(self):
+        args = {"norm": self.cfg.model.norm}
+        return build_model(self.cfg.model.name, **args), self.cfg.model.name, args
+
+    def datasets(self):
+        cache = Path(self.cfg.data.cache_dir) if self.cfg.data.cache_dir else self.run_dir / "cache"
+        show = self.cfg.loop.progress
+        return (
+            load_cubes(self.cfg.data, "train", cache, show),
+            load_cubes(self.cfg.data, "val", cache, show),
+        )
+
+    def loss(self, model, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        x, y = transform_batch(batch.cpu(), self.cfg.transform, generator)
+        x, y = x.to(batch.device), y.to(batch.device)
+        return F.mse_loss(model(x).float(), y)
