@@ -50,9 +50,6 @@ __all__ = [
     "transform_batch",
 ]
 
-_TRITON_PATH_AVAILABLE = False  # flip when the Triton kernel lands
-
-
 def interp(x: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
     """Batched ``np.interp``: piecewise-linear lookup, constant beyond the ends.
 
@@ -223,26 +220,20 @@ def apply_genesis_reference(
     return x, y
 
 
-def _genesis_triton(
-    cubes: torch.Tensor, params: GenesisParams, config: GenesisTransformConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Placeholder for the Triton launcher (a later issue); same contract as the reference."""
-    raise NotImplementedError("the Models Genesis Triton kernel is not implemented yet")
+def _check_dispatch() -> None:
+    """The dispatch rule: ``ANATOMIX_KERNELS=reference|triton`` forces a path.
 
-
-def _use_triton(cubes: torch.Tensor) -> bool:
-    """The dispatch rule: ``ANATOMIX_KERNELS`` if set, else Triton for CUDA tensors."""
+    Only the reference exists until the Triton kernel lands (issue #5); asking for Triton is then a
+    clear error rather than a silent fallback. Once it exists, CUDA tensors will default to it.
+    """
     choice = os.environ.get("ANATOMIX_KERNELS", "").strip().lower()
     if choice not in ("", "reference", "triton"):
         raise ValueError(f"ANATOMIX_KERNELS must be 'reference' or 'triton', got {choice!r}")
-    if choice == "triton" and not _TRITON_PATH_AVAILABLE:
-        raise NotImplementedError(
-            "ANATOMIX_KERNELS=triton, but the Models Genesis Triton kernel is not written yet; "
-            "unset ANATOMIX_KERNELS or set it to 'reference'"
+    if choice == "triton":
+        raise RuntimeError(
+            "ANATOMIX_KERNELS=triton, but the Models Genesis Triton kernel is not available in "
+            "this version; unset ANATOMIX_KERNELS or set it to 'reference'"
         )
-    if choice:
-        return choice == "triton"
-    return cubes.is_cuda and _TRITON_PATH_AVAILABLE
 
 
 def transform_batch(
@@ -267,6 +258,5 @@ def transform_batch(
         raise ValueError(f"generator must be a CPU torch.Generator, got {generator.device}")
     check_cube_shape(cubes.shape, config)
     params = sample_genesis_params(cubes.shape, config, generator)
-    if _use_triton(cubes):
-        return _genesis_triton(cubes, params, config)
+    _check_dispatch()
     return apply_genesis_reference(cubes, params, config)
