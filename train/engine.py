@@ -42,7 +42,7 @@ from .settings import RunConfig
 
 class CubeSource(Protocol):
     def __len__(self) -> int: ...
-    def batch(self, indices: list[int]) -> torch.Tensor: ...
+    def batch(self, indices: list[int]) -> torch.Tensor | tuple[torch.Tensor, ...]: ...
 
 
 class Method(Protocol):
@@ -52,7 +52,9 @@ class Method(Protocol):
 
     def build_model(self) -> tuple[torch.nn.Module, str, dict]: ...
     def datasets(self) -> tuple[CubeSource, CubeSource]: ...
-    def loss(self, model, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
+    def loss(self, model, batch, generator: torch.Generator) -> torch.Tensor: ...
+
+    # Optional: ``val_metrics(net, val_set, device) -> dict`` is logged with each epoch's val loss.
 
 
 @dataclass
@@ -178,7 +180,7 @@ def fit(
         tick, seen = time.perf_counter(), 0
         for b in bar:
             idx = order[b * loop.batch_size : (b + 1) * loop.batch_size]
-            batch = train_set.batch(idx).to(device, non_blocking=True)
+            batch = to_device(train_set.batch(idx), device)
             gen = step_generator(loop.seed, prog.epoch, b, ddp.rank)
             with autocast:
                 loss = method.loss(net, batch, gen)
@@ -229,6 +231,7 @@ def fit(
         bar.close()
 
         val = evaluate(method, net, val_set, loop, device, autocast)
+        extra = method.val_metrics(net, val_set, device) if hasattr(method, "val_metrics") else {}
         scheduler.step()
         improved = val < prog.best_val
         if improved:
@@ -244,7 +247,11 @@ def fit(
         else:
             prog.bad_epochs += 1
         metrics.write(
-            step=prog.global_step, epoch=prog.epoch, val_loss=val, best_val_loss=prog.best_val
+            step=prog.global_step,
+            epoch=prog.epoch,
+            val_loss=val,
+            best_val_loss=prog.best_val,
+            **extra,
         )
         prog.epoch, prog.step_in_epoch = prog.epoch + 1, 0
         if loop.patience is not None and prog.bad_epochs >= loop.patience:
@@ -289,12 +296,19 @@ def evaluate(method, net, val_set, loop, device, autocast) -> float:
     total, count = 0.0, 0
     for b, start in enumerate(range(0, len(val_set), loop.batch_size)):
         idx = list(range(start, min(start + loop.batch_size, len(val_set))))
-        batch = val_set.batch(idx).to(device)
+        batch = to_device(val_set.batch(idx), device)
         with autocast:
             loss = method.loss(net, batch, step_generator(loop.seed, -1, b))
         total += float(loss) * len(idx)
         count += len(idx)
     return total / max(count, 1)
+
+
+def to_device(batch, device: torch.device):
+    """Move a tensor, or a tuple/list of tensors, to ``device``."""
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(b, device) for b in batch)
+    return batch.to(device, non_blocking=True)
 
 
 def _autocast(amp: str, device: torch.device):

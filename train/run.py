@@ -2,22 +2,43 @@
 
     python -m train.run pretrain --method genesis --config configs/genesis/tiny.yaml \\
         [--set optim.lr=0.1 ...] [--run-dir runs/genesis-tiny] [--resume]
+    python -m train.run finetune --task synthetic_nodule_seg --init genesis:runs/genesis-tiny \\
+        [--config configs/genesis/finetune_tiny.yaml] [--set ...] [--run-dir ...] [--resume]
+    python -m train.run evaluate --run-dir runs/finetune-... [--split test]
     torchrun --nproc_per_node=2 -m train.run pretrain ...   # DistributedDataParallel
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config
 from .engine import fit
+from .finetune.config import FinetuneConfig
 from .genesis.config import GenesisConfig
 from .genesis.method import GenesisMethod
 
 #: method name → (config class, method class); Ark and PEAC join with their issues.
 METHODS = {"genesis": (GenesisConfig, GenesisMethod)}
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML preset, e.g. configs/genesis/tiny.yaml")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=0.1 (repeatable)",
+    )
+    p.add_argument("--run-dir", type=Path, help="run directory (default runs/<name>-<preset>)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,33 +52,52 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pretrain a model; resumable, DDP under torchrun.",
     )
     pre.add_argument("--method", choices=sorted(METHODS), required=True)
-    pre.add_argument("--config", type=Path, help="YAML preset, e.g. configs/genesis/tiny.yaml")
-    pre.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set optim.lr=0.1 (repeatable)",
+    _add_run_options(pre)
+    fin = sub.add_parser(
+        "finetune",
+        help="fine-tune on a labelled 3D task",
+        description="Fine-tune for 3D segmentation or classification.",
     )
-    pre.add_argument("--run-dir", type=Path, help="run directory (default runs/<method>-<preset>)")
-    pre.add_argument(
-        "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
+    fin.add_argument("--task", help="task name (train.finetune.tasks.TASKS); default from config")
+    fin.add_argument("--init", help="'scratch' or 'genesis:<run dir | .safetensors | .pt>'")
+    _add_run_options(fin)
+    ev = sub.add_parser(
+        "evaluate",
+        help="score a fine-tuned run",
+        description="Score a fine-tuned run's best weights on a split.",
     )
+    ev.add_argument("--run-dir", type=Path, required=True)
+    ev.add_argument("--split", choices=["train", "val", "test"], default="test")
     return parser
+
+
+def _load(config_cls, args, run_dir: Path, extra: list[str]):
+    if args.resume and args.config is None and (run_dir / "config.yaml").is_file():
+        return load_config(config_cls, run_dir / "config.yaml", extra + args.overrides)
+    return load_config(config_cls, args.config, extra + args.overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config_cls, method_cls = METHODS[args.method]
-    run_dir = args.run_dir or Path("runs") / (
-        f"{args.method}-{args.config.stem if args.config else 'default'}"
-    )
+    if args.command == "evaluate":
+        from .finetune.evaluate import evaluate_run
+
+        print(json.dumps(evaluate_run(args.run_dir, args.split), indent=2))
+        return 0
+    preset = args.config.stem if args.config else "default"
     try:
-        if args.resume and args.config is None and (run_dir / "config.yaml").is_file():
-            cfg = load_config(config_cls, run_dir / "config.yaml", args.overrides)
+        if args.command == "pretrain":
+            config_cls, method_cls = METHODS[args.method]
+            run_dir = args.run_dir or Path("runs") / f"{args.method}-{preset}"
+            cfg = _load(config_cls, args, run_dir, [])
         else:
-            cfg = load_config(config_cls, args.config, args.overrides)
+            from .finetune.method import FinetuneMethod
+
+            method_cls = FinetuneMethod
+            run_dir = args.run_dir or Path("runs") / f"finetune-{args.task or preset}"
+            extra = [f"task.name={args.task}"] if args.task else []
+            extra += [f"model.init={args.init}"] if args.init else []
+            cfg = _load(FinetuneConfig, args, run_dir, extra)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

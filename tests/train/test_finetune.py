@@ -1,0 +1,124 @@
+"""Fine-tuning: Genesis initialisation, a short run per task kind, evaluation, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from models.checkpoint import save_weights
+from models.registry import build_model
+from train.config import load_config
+from train.engine import fit
+from train.finetune.config import FinetuneConfig
+from train.finetune.evaluate import evaluate_run
+from train.finetune.init import initialise
+from train.finetune.method import FinetuneMethod
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "task.args.cube_size=[16, 16, 16]",
+    "task.args.n_train_volumes=1",
+    "task.args.n_val_volumes=1",
+    "task.args.n_test_volumes=1",
+    "loop.epochs=1",
+    "loop.steps_per_epoch=2",
+    "loop.batch_size=2",
+    "loop.progress=false",
+]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    """A 'pretrained' U-Net file: random weights, but distinct from any fresh initialisation."""
+    torch.manual_seed(123)
+    model = build_model("unet3d", norm="batch_stats")
+    path = tmp_path_factory.mktemp("pre") / "model.safetensors"
+    save_weights(model, path, model_name="unet3d", model_args={"norm": "batch_stats"})
+    return path
+
+
+def test_genesis_init_loads_unet_and_classifier_encoder(pretrained):
+    source = build_model("unet3d")
+    source.load_state_dict(load_file(pretrained))
+    seg = build_model("unet3d", out_activation=None)
+    initialise(seg, f"genesis:{pretrained.parent}", "segmentation")  # a run directory works
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(seg.state_dict()[key], value, rtol=0, atol=0)
+    cls = build_model("genesis_classifier", n_classes=1)
+    head_before = cls.state_dict()["dense_1.weight"].clone()
+    initialise(cls, f"genesis:{pretrained}", "classification")
+    for key, value in cls.state_dict().items():
+        if key.startswith("down_tr"):
+            torch.testing.assert_close(value, source.state_dict()[key], rtol=0, atol=0)
+    torch.testing.assert_close(cls.state_dict()["dense_1.weight"], head_before)
+    with pytest.raises(FileNotFoundError):
+        initialise(seg, "genesis:/no/such/run", "segmentation")
+    with pytest.raises(ValueError):
+        initialise(seg, "imagenet", "segmentation")
+
+
+@pytest.mark.parametrize("task", ["synthetic_nodule_seg", "synthetic_nodule_cls"])
+def test_short_finetune_and_evaluate(tmp_path, task, pretrained):
+    cfg = load_config(
+        FinetuneConfig,
+        ROOT / "configs/genesis/finetune_tiny.yaml",
+        TINY + [f"task.name={task}", f"model.init=genesis:{pretrained}"],
+    )
+    method = FinetuneMethod(cfg, tmp_path)
+    prog = fit(method, tmp_path)
+    assert prog.finished and "from genesis" in method.init_summary
+    result = evaluate_run(tmp_path, "test")
+    assert json.loads((tmp_path / "eval_test.json").read_text()) == result
+    keys = ("dice", "iou", "volume_dice") if task.endswith("seg") else ("auc",)
+    for key in keys:
+        assert 0.0 <= result[key] <= 1.0
+    records = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any(keys[0] in r for r in records if "val_loss" in r)
+
+
+def test_cli_help_lists_commands():
+    out = subprocess.run(
+        [sys.executable, "-m", "train.run", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    ).stdout
+    for command in ("pretrain", "finetune", "evaluate"):
+        assert command in out
+    for command in ("pretrain", "finetune", "evaluate"):
+        sub = subprocess.run(
+            [sys.executable, "-m", "train.run", command, "--help"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
+        ).stdout
+        assert "--run-dir" in sub
+
+
+def test_cli_reports_config_errors(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "train.run",
+            "pretrain",
+            "--method",
+            "genesis",
+            "--set",
+            "optim.lr=fast",
+            "--run-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2 and "optim.lr" in proc.stderr
