@@ -50,6 +50,7 @@ __all__ = [
     "transform_batch",
 ]
 
+
 def interp(x: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
     """Batched ``np.interp``: piecewise-linear lookup, constant beyond the ends.
 
