@@ -1,5 +1,18 @@
-"""Suite-wide settings: no test may reach the network, and pydicom never downloads test data."""
+"""Suite-wide settings: no test may reach the network, and GPU tests skip, saying why, on CPU."""
 
 import os
 
+import pytest
+
 os.environ.setdefault("PYDICOM_DATA_NO_DOWNLOAD", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; none is visible on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -152,3 +152,14 @@ def test_torchrun_two_processes_gloo(tmp_path):
     divergence = [r["replica_max_abs_diff"] for r in records if "replica_max_abs_diff" in r]
     assert divergence == [0.0]
     assert any("val_loss" in r for r in records)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_autocast_on_gpu_trains(tmp_path, amp):
+    """Mixed precision on CUDA: the run finishes and its losses are finite."""
+    cfg = small_config(tmp_path, f"loop.amp={amp}", "loop.device=cuda")
+    fit(GenesisMethod(cfg, tmp_path / "run"), tmp_path / "run")
+    records = [json.loads(ln) for ln in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
