@@ -327,6 +327,10 @@ def _save(root: Path, model, model_name, model_args, optimizer, scheduler, prog,
     if not ddp.main:
         return
     name = f"step_{prog.global_step:08d}"
+    k = 0
+    while (root / name).exists():  # never delete what ``latest`` may point at
+        k += 1
+        name = f"step_{prog.global_step:08d}_{k}"
     final = root / name
     tmp = root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -338,7 +342,6 @@ def _save(root: Path, model, model_name, model_args, optimizer, scheduler, prog,
         "scheduler": scheduler.state_dict(),
     }
     torch.save(state, tmp / "state.pt")
-    shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     atomic_write_bytes(root / "latest", name.encode())
     for old in sorted(root.glob("step_*"))[:-keep]:
