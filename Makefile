@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)  ## create .venv and install anatomix with its test dependencies
 
-test: $(STAMP)  ## run the whole suite (slow tests included)
+test: $(STAMP)  ## run the whole suite (slow tests included), then the Triton-interpreter tests
 	$(PY) -m pytest -q
+	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/triton
 
 test-fast: $(STAMP)  ## run the suite without tests marked slow
 	$(PY) -m pytest -q -m "not slow"

@@ -16,3 +16,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# Triton-interpreter tests run in their own process (`make test` does both): TRITON_INTERPRET=1
+# must be set before triton is first imported, and it would slow every other test down.
+collect_ignore = [] if os.environ.get("TRITON_INTERPRET") == "1" else ["triton"]
