@@ -23,16 +23,19 @@ Flip axis: the official code draws the axis from {0, 1, 2} of a (1, H, W, D) arr
 ``flip_mode="corrected"`` (the default) draws from {H, W, D}.
 
 Dispatch: :func:`transform_batch` draws :class:`GenesisParams` from a seeded CPU generator and
-applies them with :func:`apply_genesis_reference`; a Triton kernel (a later issue) will consume the
-same parameters for CUDA tensors. ``ANATOMIX_KERNELS=reference|triton`` forces either path.
+applies them with :func:`apply_genesis`, which picks one of two implementations of the same
+semantics: the Triton kernels of ``kernels/genesis_triton.py`` for CUDA tensors (float32, bfloat16,
+float16) when Triton imports, :func:`apply_genesis_reference` otherwise. ``ANATOMIX_KERNELS=triton``
+forces the kernels (a CPU tensor then needs ``TRITON_INTERPRET=1``), ``ANATOMIX_KERNELS=torch``
+(alias ``reference``) the reference.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from kernels._dispatch import kernel_mode
+from kernels._dispatch import use_triton as _shared_use_triton
 from kernels.genesis_params import (
     GenesisParams,
     GenesisTransformConfig,
@@ -43,11 +46,13 @@ from kernels.genesis_params import (
 __all__ = [
     "GenesisParams",
     "GenesisTransformConfig",
+    "apply_genesis",
     "apply_genesis_reference",
     "bezier_lookup",
     "interp",
     "sample_genesis_params",
     "transform_batch",
+    "use_triton",
 ]
 
 
@@ -221,20 +226,42 @@ def apply_genesis_reference(
     return x, y
 
 
-def _check_dispatch() -> None:
-    """The dispatch rule: ``ANATOMIX_KERNELS=reference|triton`` forces a path.
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-    Only the reference exists until the Triton kernel lands (issue #5); asking for Triton is then a
-    clear error rather than a silent fallback. Once it exists, CUDA tensors will default to it.
+
+def use_triton(tensor: torch.Tensor) -> bool:
+    """Whether :func:`apply_genesis` runs the Triton kernels on ``tensor``.
+
+    The shared rule of :mod:`kernels._dispatch` (``ANATOMIX_KERNELS=triton|torch`` forces a path;
+    automatic: CUDA tensors when Triton imports), restricted in automatic mode to the kernel's
+    dtypes. Forcing Triton where it cannot run raises ``RuntimeError``.
     """
-    choice = os.environ.get("ANATOMIX_KERNELS", "").strip().lower()
-    if choice not in ("", "reference", "triton"):
-        raise ValueError(f"ANATOMIX_KERNELS must be 'reference' or 'triton', got {choice!r}")
-    if choice == "triton":
-        raise RuntimeError(
-            "ANATOMIX_KERNELS=triton, but the Models Genesis Triton kernel is not available in "
-            "this version; unset ANATOMIX_KERNELS or set it to 'reference'"
-        )
+    if kernel_mode() == "auto" and tensor.dtype not in _TRITON_DTYPES:
+        return False
+    return _shared_use_triton(tensor)
+
+
+def apply_genesis(
+    cubes: torch.Tensor, params: GenesisParams, config: GenesisTransformConfig | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Applies drawn Models Genesis parameters with the kernels or the reference (see above).
+
+    Args:
+        cubes: (N, 1, H, W, D) floating tensor, values in [0, 1], depth last.
+        params: Parameters from :func:`sample_genesis_params` for this shape, any device.
+        config: Only ``bezier_points`` is read (default config if None).
+
+    Returns:
+        (x, y): transformed input and target (the flipped cube), each (N, 1, H, W, D) with the
+        dtype and device of ``cubes``; both paths agree (exactly, up to float rounding of the
+        intensity map).
+    """
+    params = params.to(cubes.device)
+    if use_triton(cubes):
+        from kernels import genesis_triton  # imports triton: only where it is used
+
+        return genesis_triton._genesis_triton(cubes, params, config)
+    return apply_genesis_reference(cubes, params, config)
 
 
 def transform_batch(
@@ -259,5 +286,4 @@ def transform_batch(
         raise ValueError(f"generator must be a CPU torch.Generator, got {generator.device}")
     check_cube_shape(cubes.shape, config)
     params = sample_genesis_params(cubes.shape, config, generator)
-    _check_dispatch()
-    return apply_genesis_reference(cubes, params, config)
+    return apply_genesis(cubes, params, config)

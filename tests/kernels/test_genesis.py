@@ -19,6 +19,7 @@ from kernels.genesis import (
     interp,
     sample_genesis_params,
     transform_batch,
+    use_triton,
 )
 
 OFF = {"flip_rate": 0.0, "local_rate": 0.0, "nonlinear_rate": 0.0, "paint_rate": 0.0}
@@ -317,14 +318,27 @@ def test_readable_errors():
     assert isinstance(params, GenesisParams)
 
 
-def test_dispatch_env(monkeypatch):
+@pytest.mark.parametrize("value", ["torch", "reference", "TORCH "])
+def test_dispatch_env_forces_reference(monkeypatch, value):
     cubes = torch.rand(1, 1, 16, 16, 16)
-    monkeypatch.setenv("ANATOMIX_KERNELS", "reference")
+    monkeypatch.setenv("ANATOMIX_KERNELS", value)
+    assert not use_triton(cubes)
     x, _ = transform_batch(cubes, OFF_CONFIG, gen(0))
     assert torch.equal(x, cubes)
-    monkeypatch.setenv("ANATOMIX_KERNELS", "triton")
-    with pytest.raises(RuntimeError, match="Triton"):
-        transform_batch(cubes, OFF_CONFIG, gen(0))
+
+
+def test_dispatch_env(monkeypatch):
+    cubes = torch.rand(1, 1, 16, 16, 16)
+    monkeypatch.delenv("ANATOMIX_KERNELS", raising=False)
+    assert not use_triton(cubes)  # CPU tensors never go to Triton by default
+    x, _ = transform_batch(cubes, OFF_CONFIG, gen(0))
+    assert torch.equal(x, cubes)
+    if not torch.cuda.is_available():
+        # Without the interpreter Triton has no CPU driver: forcing it must say so clearly.
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        monkeypatch.setenv("ANATOMIX_KERNELS", "triton")
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+            transform_batch(cubes, OFF_CONFIG, gen(0))
     monkeypatch.setenv("ANATOMIX_KERNELS", "cuda-please")
     with pytest.raises(ValueError, match="ANATOMIX_KERNELS"):
         transform_batch(cubes, OFF_CONFIG, gen(0))

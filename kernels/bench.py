@@ -1,0 +1,118 @@
+"""Throughput of the Models Genesis transforms: per-cube NumPy loop vs batched paths.
+
+    python -m kernels.bench [--batch 32] [--repeat 3]
+
+Prints cubes/s for (a) the per-cube NumPy loop with the published pipeline's structure
+(``bench/genesis_numpy_loop.py``), (b) the PyTorch reference batched on CPU, and where CUDA
+exists (c) the reference on the GPU and (d) the Triton kernel, with ratios to (a) measured in
+the same run, and on the GPU the achieved GB/s for the bytes the op must move against a measured
+device-to-device copy. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .genesis import GenesisTransformConfig, transform_batch
+
+BASELINE = Path(__file__).resolve().parents[1] / "bench" / "genesis_numpy_loop.py"
+
+
+def _baseline():
+    spec = importlib.util.spec_from_file_location("genesis_numpy_loop", BASELINE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.transform_batch_loop
+
+
+def _best(fn, repeat: int, sync=lambda: None) -> float:
+    fn()  # warm-up (compilation, caches)
+    sync()
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _forced(path: str, fn):
+    def run():
+        old = os.environ.get("ANATOMIX_KERNELS")
+        os.environ["ANATOMIX_KERNELS"] = path
+        try:
+            return fn()
+        finally:
+            if old is None:
+                os.environ.pop("ANATOMIX_KERNELS", None)
+            else:
+                os.environ["ANATOMIX_KERNELS"] = old
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 32])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--baseline-cubes",
+        type=int,
+        default=8,
+        help="cubes timed for the slow NumPy loop (its rate is per cube)",
+    )
+    args = parser.parse_args()
+    cfg = GenesisTransformConfig()
+    shape = (args.batch, 1, *args.shape)
+    cubes = torch.rand(shape)
+    rows = []
+
+    loop = _baseline()
+    small = cubes[: args.baseline_cubes].numpy().astype(np.float64)
+    t = _best(lambda: loop(small, seed=0), 1)
+    rows.append(("(a) NumPy per-cube loop, CPU", args.baseline_cubes / t))
+    gen = torch.Generator().manual_seed(0)
+    t = _best(_forced("torch", lambda: transform_batch(cubes, cfg, gen)), args.repeat)
+    rows.append(("(b) PyTorch reference, CPU, batched", args.batch / t))
+
+    gbs = []
+    if torch.cuda.is_available():
+        dev = cubes.cuda()
+        sync = torch.cuda.synchronize
+        t = _best(_forced("torch", lambda: transform_batch(dev, cfg, gen)), args.repeat, sync)
+        rows.append(("(c) PyTorch reference, GPU", args.batch / t))
+        try:
+            t = _best(_forced("triton", lambda: transform_batch(dev, cfg, gen)), args.repeat, sync)
+            rows.append(("(d) Triton kernel, GPU", args.batch / t))
+            moved = 4 * dev.numel() * dev.element_size()  # cube + noise in, x + y out
+            copy_t = _best(lambda: dev.clone(), args.repeat, sync)
+            copy_gbs = 2 * dev.numel() * dev.element_size() / copy_t / 1e9
+            gbs = [
+                f"Triton {moved / t / 1e9:.1f} GB/s for the bytes moved; "
+                f"device copy {copy_gbs:.1f} GB/s ({moved / t / 1e9 / copy_gbs:.0%})"
+            ]
+        except RuntimeError as exc:
+            rows.append((f"(d) Triton kernel unavailable: {exc}", float("nan")))
+    else:
+        rows.append(("(c)/(d) GPU paths: no CUDA device on this machine", float("nan")))
+
+    base = rows[0][1]
+    print(f"Genesis transforms, cubes {tuple(args.shape)}, batch {args.batch}")
+    print(f"{'path':<44} {'cubes/s':>10} {'× (a)':>8}")
+    for name, rate in rows:
+        print(f"{name:<44} {rate:>10.1f} {rate / base:>8.1f}")
+    for line in gbs:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Models Genesis transformations as Triton kernels: same parameters, same results as the reference.
+
+Zhou et al., "Models Genesis", MICCAI 2019 / MedIA 2021, arXiv:2004.07882; official code
+MrGiovanni/ModelsGenesis (``pytorch/utils.py: generate_pair``). The semantics are those of
+:func:`kernels.genesis.apply_genesis_reference`, which this module matches on the same
+:class:`~kernels.genesis_params.GenesisParams`:
+
+* pass 1 (:func:`_genesis_owner_kernel`), one program per (cube, group of shuffle blocks): every
+  voxel of block k's box gets ``owner = max(owner, k)`` by ``tl.atomic_max``, which is the
+  sequential rule "later blocks overwrite earlier ones" without ordering the writes;
+* pass 2 (:func:`_genesis_kernel`), one program per tile of output voxels, fused: the target is the
+  flipped cube; the input reads the flipped cube at the shuffle source of the voxel's owning block
+  (itself where no block owns it), then the Bezier lookup (a binary search in the per-cube table,
+  in float64 as the reference does), then painting from the 5 boxes and the noise field.
+
+Flipped-cube values are read straight from the input with mirrored indices: the up-to-3 flips of a
+cube compose into one parity per axis. Loads are widened to float32 (bfloat16/float16 inputs
+convert exactly) and results are rounded once to the input dtype on store.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.genesis_params import GenesisParams, GenesisTransformConfig
+
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_CUBE_FIELDS = 8  # per-cube int32 row: flip h, w, d parity, nonlinear, paint, inpaint, pad, pad
+_PAINT_SLOTS = 5
+
+
+@triton.jit
+def _genesis_owner_kernel(
+    boxes_ptr,  # (N, K, 6) int32: start h, w, d, size h, w, d of each shuffle block
+    do_shuffle_ptr,  # (N,) int32: 1 where the cube is shuffled
+    owner_ptr,  # (N, H*W*D) int32, initialised to -1: largest block index covering each voxel
+    num_blocks,  # K
+    W,
+    D,
+    S,  # H*W*D
+    BLOCKS: tl.constexpr,  # blocks per program
+    VOXELS: tl.constexpr,  # power of two >= the largest block volume
+):
+    pid_k = tl.program_id(0)
+    n = tl.program_id(1).to(tl.int64)
+    shuffled = tl.load(do_shuffle_ptr + n) != 0
+    k = pid_k * BLOCKS + tl.arange(0, BLOCKS)  # (BLOCKS,)
+    k_ok = (k < num_blocks) & shuffled
+    row = boxes_ptr + (n * num_blocks + k) * 6
+    bh = tl.load(row + 0, mask=k_ok, other=0)
+    bw = tl.load(row + 1, mask=k_ok, other=0)
+    bd = tl.load(row + 2, mask=k_ok, other=0)
+    sh = tl.load(row + 3, mask=k_ok, other=0)
+    sw = tl.load(row + 4, mask=k_ok, other=1)
+    sd = tl.load(row + 5, mask=k_ok, other=1)
+    local = tl.arange(0, VOXELS)[None, :]  # voxel number within the block, C-order, D fastest
+    plane = (sw * sd)[:, None]
+    i = local // plane
+    j = (local // sd[:, None]) % sw[:, None]
+    kk = local % sd[:, None]
+    flat = ((bh[:, None] + i) * W + bw[:, None] + j) * D + bd[:, None] + kk
+    mask = k_ok[:, None] & (local < sh[:, None] * plane)
+    value = tl.broadcast_to(k[:, None], (BLOCKS, VOXELS)).to(tl.int32)
+    tl.atomic_max(owner_ptr + n * S + flat, value, mask=mask, sem="relaxed")
+
+
+@triton.jit
+def _genesis_kernel(
+    cube_ptr,  # (N, 1, H, W, D) float32 / bfloat16 / float16: the input cubes
+    owner_ptr,  # (N, H*W*D) int32: owning shuffle block per voxel of the flipped cube, or -1
+    boxes_ptr,  # (N, K, 6) int32: shuffle blocks (start h, w, d, size h, w, d)
+    perm_ptr,  # (N, K, V) int16 or int32: within-block source voxel of each output voxel
+    flags_ptr,  # (N, 8) int32: flip parity h, w, d; do_nonlinear; do_paint; inpaint; 0; 0
+    xs_ptr,  # (N, P) float64: Bezier table positions, ascending
+    ys_ptr,  # (N, P) float64: Bezier table values
+    paint_ptr,  # (N, 5, 6) int32: painting boxes, size 0 where the slot is unused
+    noise_ptr,  # (N, 1, H, W, D) float32: U(0, 1) painting noise
+    x_ptr,  # (N, 1, H, W, D) cube dtype, output: transformed input
+    y_ptr,  # (N, 1, H, W, D) cube dtype, output: target (the flipped cube)
+    num_blocks,  # K
+    V,
+    H,
+    W,
+    D,
+    S,  # H*W*D
+    P: tl.constexpr,  # Bezier table size
+    SEARCH_STEPS: tl.constexpr,  # binary-search iterations, >= log2(P + 1)
+    BLOCK: tl.constexpr,  # voxels per program
+):
+    pid = tl.program_id(0)
+    n = tl.program_id(1).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)  # flat voxel index in the flipped cube
+    valid = offs < S
+    h = offs // (W * D)
+    w = (offs // D) % W
+    d = offs % D
+    flags = flags_ptr + n * 8
+    flip_h = tl.load(flags + 0) != 0
+    flip_w = tl.load(flags + 1) != 0
+    flip_d = tl.load(flags + 2) != 0
+    do_nonlinear = tl.load(flags + 3) != 0
+    do_paint = tl.load(flags + 4) != 0
+    inpaint = tl.load(flags + 5) != 0
+    cube = cube_ptr + n * S
+
+    # 1. flips: y[h, w, d] = cube[mirrored h, w, d].
+    mh = tl.where(flip_h, H - 1 - h, h)
+    mw = tl.where(flip_w, W - 1 - w, w)
+    md = tl.where(flip_d, D - 1 - d, d)
+    y = tl.load(cube + (mh * W + mw) * D + md, mask=valid, other=0.0).to(tl.float32)
+
+    # 2. local pixel shuffling: the owning block's permutation names the source voxel.
+    owner = tl.load(owner_ptr + n * S + offs, mask=valid, other=-1)
+    owned = owner >= 0
+    row = boxes_ptr + (n * num_blocks + owner) * 6
+    bh = tl.load(row + 0, mask=owned, other=0)
+    bw = tl.load(row + 1, mask=owned, other=0)
+    bd = tl.load(row + 2, mask=owned, other=0)
+    sw = tl.load(row + 4, mask=owned, other=1)
+    sd = tl.load(row + 5, mask=owned, other=1)
+    local = ((h - bh) * sw + (w - bw)) * sd + (d - bd)
+    src = tl.load(perm_ptr + (n * num_blocks + owner) * V + local, mask=owned, other=0)
+    src = src.to(tl.int32)
+    sh_ = tl.where(owned, bh + src // (sw * sd), h)
+    sw_ = tl.where(owned, bw + (src // sd) % sw, w)
+    sd_ = tl.where(owned, bd + src % sd, d)
+    sh_ = tl.where(flip_h, H - 1 - sh_, sh_)
+    sw_ = tl.where(flip_w, W - 1 - sw_, sw_)
+    sd_ = tl.where(flip_d, D - 1 - sd_, sd_)
+    shuffled = tl.load(cube + (sh_ * W + sw_) * D + sd_, mask=valid & owned, other=0.0)
+    x = tl.where(owned, shuffled.to(tl.float32), y)
+
+    # 3. non-linear intensity, in float64 like the reference's interp: hi = searchsorted(right).
+    if do_nonlinear:
+        q = x.to(tl.float64)
+        xs = xs_ptr + n * P
+        ys = ys_ptr + n * P
+        lo = tl.zeros([BLOCK], dtype=tl.int32)
+        hi = tl.full([BLOCK], P, dtype=tl.int32)
+        for _ in tl.static_range(SEARCH_STEPS):  # count of xs <= q, in [lo, hi]
+            mid = (lo + hi) // 2
+            active = lo < hi
+            below = tl.load(xs + mid, mask=active, other=0.0) <= q
+            lo = tl.where(active & below, mid + 1, lo)
+            hi = tl.where(active & ~below, mid, hi)
+        upper = tl.minimum(tl.maximum(lo, 1), P - 1)
+        x0 = tl.load(xs + upper - 1)
+        x1 = tl.load(xs + upper)
+        y0 = tl.load(ys + upper - 1)
+        y1 = tl.load(ys + upper)
+        width = x1 - x0
+        weight = tl.where(width > 0, (q - x0) / tl.where(width > 0, width, 1.0), 1.0)
+        weight = tl.minimum(tl.maximum(weight, 0.0), 1.0)
+        x = (y0 + weight * (y1 - y0)).to(tl.float32)
+
+    # 4. painting: noise inside (in-painting) or outside (out-painting) the union of boxes.
+    if do_paint:
+        inside = tl.zeros([BLOCK], dtype=tl.int1)
+        for b in tl.static_range(5):
+            box = paint_ptr + (n * 5 + b) * 6
+            ph = tl.load(box + 0)
+            pw = tl.load(box + 1)
+            pd = tl.load(box + 2)
+            in_h = (h >= ph) & (h < ph + tl.load(box + 3))
+            in_w = (w >= pw) & (w < pw + tl.load(box + 4))
+            in_d = (d >= pd) & (d < pd + tl.load(box + 5))
+            inside = inside | (in_h & in_w & in_d)
+        noise = tl.load(noise_ptr + n * S + offs, mask=valid, other=0.0)
+        x = tl.where(inside == inpaint, noise, x)
+
+    out_ty = x_ptr.dtype.element_ty
+    tl.store(x_ptr + n * S + offs, x.to(out_ty), mask=valid)
+    tl.store(y_ptr + n * S + offs, y.to(out_ty), mask=valid)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+def _genesis_triton(
+    cubes: torch.Tensor, params: GenesisParams, config: GenesisTransformConfig | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launcher: the Triton twin of :func:`kernels.genesis.apply_genesis_reference`.
+
+    Args:
+        cubes: (N, 1, H, W, D) float32, bfloat16 or float16 tensor on a CUDA device (any device
+            under ``TRITON_INTERPRET=1``), values in [0, 1], depth last.
+        params: Parameters from :func:`sample_genesis_params` for this shape (moved to the
+            cubes' device here).
+        config: Only ``bezier_points`` is read (default config if None).
+
+    Returns:
+        (x, y), each (N, 1, H, W, D) with the dtype and device of ``cubes``.
+
+    Raises:
+        ValueError: for a wrong dtype, shape or device.
+    """
+    from kernels.genesis import bezier_lookup  # genesis.py imports this module lazily
+
+    config = config or GenesisTransformConfig()
+    if cubes.dim() != 5 or cubes.shape[1] != 1:
+        raise ValueError(f"expected cubes of shape (N, 1, H, W, D), got {tuple(cubes.shape)}")
+    if tuple(cubes.shape) != tuple(params.noise.shape):
+        raise ValueError(
+            f"cubes of shape {tuple(cubes.shape)} do not match parameters drawn for "
+            f"{tuple(params.noise.shape)}"
+        )
+    if cubes.dtype not in _DTYPES:
+        raise ValueError(
+            f"the Triton Models Genesis kernel takes float32, bfloat16 or float16 cubes, got "
+            f"{cubes.dtype}; use the reference (ANATOMIX_KERNELS=torch) for other dtypes"
+        )
+    if not cubes.is_cuda and not _interpreting():
+        raise ValueError(
+            f"the Triton Models Genesis kernel needs a CUDA tensor, got one on {cubes.device} "
+            "(CPU tensors run only under TRITON_INTERPRET=1)"
+        )
+    n, _, height, width, depth = (int(s) for s in cubes.shape)
+    spatial = height * width * depth
+    if n == 0 or spatial == 0:
+        return cubes.clone(), cubes.clone()
+    if n * spatial >= 2**31:
+        raise ValueError(f"batch of {n * spatial} voxels exceeds the kernel's int32 indexing")
+    device = cubes.device
+    cubes = cubes.contiguous()
+    params = params.to(device)
+
+    num_blocks, vmax = int(params.shuffle_perm.shape[1]), int(params.shuffle_perm.shape[2])
+    boxes = params.shuffle_boxes.to(torch.int32).contiguous()
+    perm = params.shuffle_perm.contiguous()
+    if perm.numel() == 0:  # no blocks: never read, but the kernel needs a real pointer
+        boxes = torch.zeros(1, dtype=torch.int32, device=device)
+        perm = torch.zeros(1, dtype=torch.int32, device=device)
+    parity = (params.flips[:, :, None] == torch.arange(1, 4, device=device)).sum(1) % 2
+    flags = torch.zeros((n, _CUBE_FIELDS), dtype=torch.int32, device=device)
+    flags[:, :3] = parity.to(torch.int32)
+    flags[:, 3] = params.do_nonlinear.to(torch.int32)
+    flags[:, 4] = params.do_paint.to(torch.int32)
+    flags[:, 5] = params.inpaint.to(torch.int32)
+    paint = params.paint_boxes.to(torch.int32).clone()
+    paint[..., 3:] *= params.paint_box_valid[..., None].to(torch.int32)  # unused slots: empty
+    points = config.bezier_points
+    xs, ys = bezier_lookup(params.control, params.inverted, points)
+    noise = params.noise.to(torch.float32).contiguous()
+
+    owner = torch.full((n, spatial), -1, dtype=torch.int32, device=device)
+    if num_blocks and bool(params.do_shuffle.any()):
+        voxels = triton.next_power_of_2(max(vmax, 1))
+        blocks = max(1, min(triton.next_power_of_2(num_blocks), 4096 // voxels))
+        do_shuffle = params.do_shuffle.to(torch.int32).contiguous()
+        grid = (triton.cdiv(num_blocks, blocks), n)
+        _genesis_owner_kernel[grid](
+            boxes, do_shuffle, owner, num_blocks, width, depth, spatial, BLOCKS=blocks,
+            VOXELS=voxels,
+        )  # fmt: skip
+
+    x = torch.empty_like(cubes)
+    y = torch.empty_like(cubes)
+    block = 4096 if _interpreting() else 1024  # the interpreter pays per program, not per lane
+    grid = (triton.cdiv(spatial, block), n)
+    _genesis_kernel[grid](
+        cubes, owner, boxes, perm, flags, xs.contiguous(), ys.contiguous(), paint, noise, x, y,
+        num_blocks, vmax, height, width, depth, spatial, P=points,
+        SEARCH_STEPS=int(points).bit_length(), BLOCK=block,
+    )  # fmt: skip
+    return x, y

@@ -1,0 +1,213 @@
+"""Models Genesis Triton kernels, run by the interpreter on CPU, against the PyTorch reference.
+
+Both paths consume the same drawn :class:`GenesisParams`, so flips, shuffling and painting must
+agree bit for bit and the Bezier map within 1e-6 (float32). Shapes are odd on purpose and the
+shuffle block counts small so that the interpreter stays fast.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kernels import genesis, genesis_triton
+from kernels.genesis import (
+    GenesisTransformConfig,
+    apply_genesis,
+    apply_genesis_reference,
+    sample_genesis_params,
+    transform_batch,
+    use_triton,
+)
+from kernels.genesis_triton import _genesis_triton
+
+OFF = {"flip_rate": 0.0, "local_rate": 0.0, "nonlinear_rate": 0.0, "paint_rate": 0.0}
+SHAPES = [(1, 1, 17, 18, 19), (5, 1, 14, 15, 16), (2, 1, 33, 34, 35)]
+# name -> (config, exact): every transform forced on alone, all at once, and the default rates.
+CONFIGS = {
+    "flip": (dict(OFF, flip_rate=1.0), True),
+    "flip-faithful": (dict(OFF, flip_rate=1.0, flip_mode="faithful"), True),
+    "shuffle": (dict(OFF, local_rate=1.0, shuffle_blocks=30), True),
+    "inpaint": (dict(OFF, paint_rate=1.0, inpaint_rate=1.0), True),
+    "outpaint": (dict(OFF, paint_rate=1.0, inpaint_rate=0.0), True),
+    "nonlinear": (dict(OFF, nonlinear_rate=1.0), False),
+    "all": (
+        dict(flip_rate=1.0, local_rate=1.0, nonlinear_rate=1.0, paint_rate=1.0, shuffle_blocks=30),
+        False,
+    ),
+    "defaults": (dict(shuffle_blocks=30), False),
+}
+# dtype -> absolute tolerance against the reference run on the same dtype (non-exact configs).
+TOLERANCE = {torch.float32: 1e-6, torch.bfloat16: 2**-8, torch.float16: 2**-11}
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def distinct_cubes(shape, dtype=torch.float32) -> torch.Tensor:
+    """Cubes whose voxel values name their flat position (exact in float32 below 2**24)."""
+    count = math.prod(shape)
+    return (torch.arange(count, dtype=torch.float64) / count).to(dtype).view(shape)
+
+
+def both_paths(shape, name, seed, dtype=torch.float32):
+    config = GenesisTransformConfig(**CONFIGS[name][0])
+    cubes = torch.rand(shape, generator=gen(seed)).to(dtype)
+    params = sample_genesis_params(shape, config, gen(seed + 100))
+    return _genesis_triton(cubes, params, config), apply_genesis_reference(cubes, params, config)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_float32_matches_reference(shape, name):
+    (x, y), (x_ref, y_ref) = both_paths(shape, name, seed=sum(shape))
+    assert x.dtype == y.dtype == torch.float32 and x.shape == y.shape == shape
+    assert torch.equal(y, y_ref)
+    if CONFIGS[name][1]:
+        assert torch.equal(x, x_ref)
+    else:
+        torch.testing.assert_close(x, x_ref, rtol=0, atol=TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["shuffle", "all", "defaults"])
+def test_half_precision_matches_reference_on_same_input(name, dtype):
+    (x, y), (x_ref, y_ref) = both_paths((2, 1, 17, 18, 19), name, seed=3, dtype=dtype)
+    assert x.dtype == y.dtype == dtype
+    assert torch.equal(y, y_ref)  # flips only move values
+    if CONFIGS[name][1]:
+        assert torch.equal(x, x_ref)
+    else:  # the Bezier value is rounded via float32: at most one unit in the last place
+        torch.testing.assert_close(x.float(), x_ref.float(), rtol=0, atol=TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("points", [2, 3, 1024, 100_000])
+def test_bezier_table_sizes(points):
+    """The binary search covers every table size, the release's 100,000 samples included."""
+    config = GenesisTransformConfig(**{**OFF, "nonlinear_rate": 1.0, "bezier_points": points})
+    cubes = torch.rand((2, 1, 9, 10, 11), generator=gen(points))
+    cubes[0, 0, 0, 0, :2] = torch.tensor([0.0, 1.0])  # the table's ends
+    params = sample_genesis_params(cubes.shape, config, gen(1))
+    x, _ = _genesis_triton(cubes, params, config)
+    x_ref, _ = apply_genesis_reference(cubes, params, config)
+    torch.testing.assert_close(x, x_ref, rtol=0, atol=TOLERANCE[torch.float32])
+
+
+def test_many_blocks_later_block_wins_and_outside_unchanged():
+    """Overlapping blocks resolve as the sequential loop does: voxels outside every block keep
+    their value, and each shuffled voxel holds a value from inside the last block covering it."""
+    shape = (2, 1, 30, 24, 20)
+    cubes = distinct_cubes(shape)
+    config = GenesisTransformConfig(**{**OFF, "local_rate": 1.0, "shuffle_blocks": 300})
+    params = sample_genesis_params(shape, config, gen(3))
+    x, y = _genesis_triton(cubes, params, config)
+    assert torch.equal(x, apply_genesis_reference(cubes, params, config)[0])
+    assert torch.equal(y, cubes)
+    for n in range(shape[0]):
+        orig, out = cubes[n, 0].numpy(), x[n, 0].numpy()
+        last = np.full(orig.shape, -1)
+        for k, (h, w, d, sh, sw, sd) in enumerate(params.shuffle_boxes[n].tolist()):
+            last[h : h + sh, w : w + sw, d : d + sd] = k
+        np.testing.assert_array_equal(out[last < 0], orig[last < 0])
+        source = np.rint(out.astype(np.float64) * cubes.numel()).astype(np.int64) - n * orig.size
+        src_pos = np.stack(np.unravel_index(source, orig.shape), axis=-1)
+        boxes = params.shuffle_boxes[n].numpy()
+        for voxel in zip(*np.nonzero(last >= 0), strict=True):
+            h, w, d, sh, sw, sd = boxes[last[voxel]]
+            ph, pw, pd = src_pos[voxel]
+            assert h <= ph < h + sh and w <= pw < w + sw and d <= pd < d + sd
+        assert not np.array_equal(out, orig)
+
+
+def test_shuffle_skips_cubes_without_shuffling_and_painting_uses_noise():
+    shape = (4, 1, 21, 22, 20)  # blocks up to 2x2x2: a 1-voxel block moves nothing
+    cubes = distinct_cubes(shape)
+    config = GenesisTransformConfig(**{**OFF, "local_rate": 0.5, "shuffle_blocks": 40})
+    params = sample_genesis_params(shape, config, gen(8))
+    assert params.do_shuffle.any() and (~params.do_shuffle).any()
+    x, _ = _genesis_triton(cubes, params, config)
+    for n in range(shape[0]):
+        assert torch.equal(x[n], cubes[n]) != bool(params.do_shuffle[n])
+    config = GenesisTransformConfig(**{**OFF, "paint_rate": 1.0, "inpaint_rate": 1.0})
+    params = sample_genesis_params(shape, config, gen(9))
+    x, _ = _genesis_triton(cubes, params, config)
+    painted = x != cubes
+    assert painted.any() and torch.equal(x[painted], params.noise[painted])
+
+
+def test_launcher_errors():
+    config = GenesisTransformConfig(**OFF)
+    params = sample_genesis_params((1, 1, 16, 16, 16), config, gen(0))
+    with pytest.raises(ValueError, match="float32, bfloat16"):
+        _genesis_triton(torch.rand(1, 1, 16, 16, 16, dtype=torch.float64), params, config)
+    with pytest.raises(ValueError, match="do not match"):
+        _genesis_triton(torch.rand(2, 1, 16, 16, 16), params, config)
+    with pytest.raises(ValueError, match="N, 1, H, W, D"):
+        _genesis_triton(torch.rand(1, 2, 16, 16, 16), params, config)
+
+
+def test_non_contiguous_input_and_no_blocks():
+    config = GenesisTransformConfig(**{**OFF, "flip_rate": 1.0, "shuffle_blocks": 0})
+    base = torch.rand((1, 1, 19, 17, 18), generator=gen(5))
+    cubes = base.transpose(2, 4)  # (1, 1, 18, 17, 19), not contiguous
+    params = sample_genesis_params(cubes.shape, config, gen(6))
+    x, y = _genesis_triton(cubes, params, config)
+    x_ref, y_ref = apply_genesis_reference(cubes, params, config)
+    assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# dispatch
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts launcher calls while still running the kernel."""
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return _genesis_triton(*args, **kwargs)
+
+    monkeypatch.setattr(genesis_triton, "_genesis_triton", counted)
+    return calls
+
+
+def test_cpu_tensors_take_the_reference_by_default(monkeypatch, kernel_calls):
+    monkeypatch.delenv("ANATOMIX_KERNELS", raising=False)
+    cubes = torch.rand((1, 1, 16, 16, 16), generator=gen(0))
+    assert not use_triton(cubes)
+    transform_batch(cubes, GenesisTransformConfig(shuffle_blocks=10), gen(1))
+    assert kernel_calls == []
+
+
+@pytest.mark.parametrize("value", ["torch", "reference"])
+def test_forcing_torch(monkeypatch, kernel_calls, value):
+    monkeypatch.setenv("ANATOMIX_KERNELS", value)
+    cubes = torch.rand((1, 1, 16, 16, 16), generator=gen(0))
+    assert not use_triton(cubes)
+    transform_batch(cubes, GenesisTransformConfig(shuffle_blocks=10), gen(1))
+    assert kernel_calls == []
+
+
+def test_forcing_triton_on_cpu_under_interpreter(monkeypatch, kernel_calls):
+    monkeypatch.setenv("ANATOMIX_KERNELS", "Triton ")
+    cubes = torch.rand((2, 1, 16, 15, 14), generator=gen(0))
+    config = GenesisTransformConfig(shuffle_blocks=20)
+    assert use_triton(cubes)
+    x, y = transform_batch(cubes, config, gen(1))
+    assert kernel_calls == [1]
+    params = sample_genesis_params(cubes.shape, config, gen(1))
+    x_ref, y_ref = apply_genesis_reference(cubes, params, config)
+    assert torch.equal(y, y_ref)
+    torch.testing.assert_close(x, x_ref, rtol=0, atol=1e-6)
+    x2, _ = apply_genesis(cubes, params, config)
+    assert torch.equal(x, x2) and kernel_calls == [1, 1]
+
+
+def test_bad_env_value(monkeypatch):
+    monkeypatch.setenv("ANATOMIX_KERNELS", "cuda-please")
+    with pytest.raises(ValueError, match="ANATOMIX_KERNELS"):
+        genesis.use_triton(torch.zeros(1))
