@@ -33,6 +33,7 @@ class GenesisMethod:
         )
 
     def loss(self, model, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        x, y = transform_batch(batch.cpu(), self.cfg.transform, generator)
-        x, y = x.to(batch.device), y.to(batch.device)
+        # Parameters are drawn on the CPU generator and applied where the batch lives: the
+        # Triton kernels on CUDA, the reference on CPU; the loader only reads clean cubes.
+        x, y = transform_batch(batch, self.cfg.transform, generator)
         return F.mse_loss(model(x).float(), y)
