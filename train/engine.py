@@ -165,6 +165,19 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=loop.amp == "fp16" and device.type == "cuda")
     metrics = _MetricsLog(run_dir / "metrics.jsonl", enabled=ddp.main)
 
+    def checkpoint() -> None:
+        _save(
+            ckpt_root,
+            model,
+            model_name,
+            model_args,
+            optimizer,
+            scheduler,
+            prog,
+            ddp,
+            loop.keep_checkpoints,
+        )
+
     while prog.epoch < loop.epochs and not prog.finished:
         sampler.set_epoch(prog.epoch)
         order = list(sampler)
@@ -202,32 +215,12 @@ def fit(
                     samples_per_s=rate,
                 )
             if stop_after_steps is not None and prog.global_step >= stop_after_steps:
-                _save(
-                    ckpt_root,
-                    model,
-                    model_name,
-                    model_args,
-                    optimizer,
-                    scheduler,
-                    prog,
-                    ddp,
-                    loop.keep_checkpoints,
-                )
+                checkpoint()
                 bar.close()
                 _barrier(ddp)
                 return prog
             if prog.global_step % loop.checkpoint_every == 0 and prog.step_in_epoch < per_epoch:
-                _save(
-                    ckpt_root,
-                    model,
-                    model_name,
-                    model_args,
-                    optimizer,
-                    scheduler,
-                    prog,
-                    ddp,
-                    loop.keep_checkpoints,
-                )
+                checkpoint()
         bar.close()
 
         val = evaluate(method, net, val_set, loop, device, autocast)
@@ -256,17 +249,7 @@ def fit(
         prog.epoch, prog.step_in_epoch = prog.epoch + 1, 0
         if loop.patience is not None and prog.bad_epochs >= loop.patience:
             prog.finished = True  # early stopping
-        _save(
-            ckpt_root,
-            model,
-            model_name,
-            model_args,
-            optimizer,
-            scheduler,
-            prog,
-            ddp,
-            loop.keep_checkpoints,
-        )
+        checkpoint()
     prog.finished = True
     if ddp.world > 1:
         diff = replica_divergence(model)
