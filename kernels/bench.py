@@ -1,4 +1,4 @@
-"""Throughput of the Models Genesis transforms: per-cube NumPy loop vs batched paths.
+"""Throughput of the kernels' ops: Genesis transforms (vs a per-cube NumPy loop), grid matching.
 
     python -m kernels.bench [--batch 32] [--repeat 3]
 
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .genesis import GenesisTransformConfig, transform_batch
+from .grid import match_patches
 
 BASELINE = Path(__file__).resolve().parents[1] / "bench" / "genesis_numpy_loop.py"
 
@@ -112,6 +113,39 @@ def main() -> None:
         print(f"{name:<44} {rate:>10.1f} {rate / base:>8.1f}")
     for line in gbs:
         print(line)
+    bench_grid(args.batch, args.repeat)
+
+
+def bench_grid(batch: int, repeat: int) -> None:
+    """PEAC grid matching, forward + backward: 14×14 token maps of 1024 channels per view."""
+    gen = torch.Generator().manual_seed(0)
+    tokens1 = torch.rand(batch, 14, 14, 1024, generator=gen)
+    tokens2 = torch.rand(batch, 14, 14, 1024, generator=gen)
+    box1 = torch.randint(0, 5, (batch, 2), generator=gen)
+    box2 = torch.randint(0, 5, (batch, 2), generator=gen)
+
+    def step(t1, t2):
+        a, b = t1.clone().requires_grad_(), t2.clone().requires_grad_()
+        match_patches(a, b, box1.to(t1.device), box2.to(t1.device)).backward()
+
+    rows = [
+        ("reference, CPU", batch / _best(_forced("torch", lambda: step(tokens1, tokens2)), repeat))
+    ]
+    if torch.cuda.is_available():
+        d1, d2 = tokens1.cuda(), tokens2.cuda()
+        sync = torch.cuda.synchronize
+        rows.append(
+            ("reference, GPU", batch / _best(_forced("torch", lambda: step(d1, d2)), repeat, sync))
+        )
+        rows.append(
+            ("Triton, GPU", batch / _best(_forced("triton", lambda: step(d1, d2)), repeat, sync))
+        )
+    else:
+        rows.append(("GPU paths: no CUDA device on this machine", float("nan")))
+    print(f"\nPEAC grid matching fwd+bwd, batch {batch}, 14×14×1024 tokens per view")
+    print(f"{'path':<44} {'samples/s':>10} {'× ref CPU':>10}")
+    for name, rate in rows:
+        print(f"{name:<44} {rate:>10.1f} {rate / rows[0][1]:>10.2f}")
 
 
 if __name__ == "__main__":
