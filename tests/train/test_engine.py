@@ -129,7 +129,7 @@ def test_killed_process_resumes_to_the_same_weights(tmp_path):
     while not (run / "checkpoints" / "latest").is_file() and time.time() < deadline:
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL  # killed mid-run, not already finished
     subprocess.run(_cli(run, cache, *extra) + ["--resume"], check=True, cwd=ROOT, timeout=600)
     assert_same_weights(latest_weights(tmp_path / "full"), latest_weights(run))
 
