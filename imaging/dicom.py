@@ -66,7 +66,7 @@ def read_image(
     if color not in COLOR_POLICIES:
         raise ValueError(f"color must be one of {COLOR_POLICIES}, not {color!r}")
     # Stored samples take at most 4 bytes and 3 per pixel; 16 MiB more for the header.
-    stream, _ = open_source(source, max_bytes=max_pixels * 12 + (16 << 20))
+    stream = open_source(source, max_bytes=max_pixels * 12 + (16 << 20))
     # pydicom warns with attribute values quoted (maybe identifiers): they stay silent here.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -83,7 +83,8 @@ def read_image(
                 f"the DICOM file is corrupt and cannot be read ({type(exc).__name__})"
             ) from None
         finally:
-            stream.close()
+            if stream is not source:  # a caller's own file object stays open
+                stream.close()
 
 
 def parse_dataset(stream) -> tuple[Dataset, bool]:

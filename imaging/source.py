@@ -19,8 +19,8 @@ Source = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]  # noqa
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-def open_source(source: Source, max_bytes: int) -> tuple[BinaryIO, str]:
-    """Return ``(stream, label)``; ``label`` is a non-identifying description for messages.
+def open_source(source: Source, max_bytes: int) -> BinaryIO:
+    """Return a seekable binary stream over ``source`` (inflated if it is gzip data).
 
     Raises:
         ImagingError: the path does not exist or cannot be read.
@@ -35,13 +35,10 @@ def open_source(source: Source, max_bytes: int) -> tuple[BinaryIO, str]:
             stream: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by the caller
         except OSError as exc:
             raise ImagingError(f"cannot open {path.name!r}: {exc.strerror}") from None
-        label = "file"
     elif isinstance(source, (bytes, bytearray, memoryview)):
         stream = io.BytesIO(bytes(source))
-        label = "bytes"
     elif hasattr(source, "read"):
         stream = source if _seekable(source) else io.BytesIO(source.read())
-        label = "stream"
     else:
         raise TypeError(
             f"read_image expects a path, bytes or a binary file object, not {type(source)}"
@@ -53,8 +50,7 @@ def open_source(source: Source, max_bytes: int) -> tuple[BinaryIO, str]:
         raise NotDicomError("the input is empty (0 bytes)")
     if head == GZIP_MAGIC:
         stream = _inflate(stream, max_bytes)
-        label += " (gzip)"
-    return stream, label
+    return stream
 
 
 def _seekable(f: BinaryIO) -> bool:

@@ -75,6 +75,12 @@ def test_sources_path_bytes_fileobj_and_gzip_agree():
         np.testing.assert_array_equal(read_image(source).pixels, a)
 
 
+def test_callers_file_object_stays_open():
+    with open(get_testdata_file("CT_small.dcm"), "rb") as f:
+        read_image(f)
+        assert not f.closed
+
+
 def test_ct_hounsfield_by_hand():
     stored = np.array([[0, 1024], [2024, 3071]])
     image = read_image(to_bytes(make_dataset(stored, slope=1, intercept=-1024)))
