@@ -183,3 +183,37 @@ def test_unknown_family_lists_valid_ones(tmp_path):
     assert "genesis" in OFFICIAL_IMPORTERS
     with pytest.raises(KeyError, match="genesis"):
         import_official("ark", tmp_path / "x.pt")
+
+
+def test_command_line_import(tmp_path, source_state):
+    import subprocess
+    import sys
+
+    from models.checkpoint import load_model
+
+    src = _write_official(tmp_path / "Genesis_Chest_CT.pt", source_state)
+    out = tmp_path / "genesis.safetensors"
+    proc = subprocess.run(
+        [sys.executable, "-m", "models.import_weights", "genesis", str(src), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "genesis" in proc.stdout
+    model = load_model(out)
+    for key, value in source_state.items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "models.import_weights",
+            "genesis",
+            str(tmp_path / "nope.pt"),
+            "--out",
+            str(tmp_path / "x.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 1 and "import failed" in bad.stderr
