@@ -42,10 +42,18 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from kernels._dispatch import kernel_mode
-from kernels._dispatch import use_triton as _shared_use_triton
-from kernels.genesis import _box_union, _shuffle_cube_reference, bezier_lookup, interp
-from kernels.genesis_params import _BORDER, _PAINT_SLOTS, _prefix_while, _randint
+from kernels.genesis import (  # same dispatch rule and dtypes as the 3D op
+    _box_union,
+    _shuffle_cube_reference,
+    bezier_lookup,
+    interp,
+    use_triton,
+)
+from kernels.genesis_params import (
+    sample_nonlinear,
+    sample_painting,
+    sample_shuffle_blocks,
+)
 
 __all__ = [
     "Genesis2DConfig",
@@ -163,34 +171,13 @@ def sample_genesis2d_params(
 
     # 1. local pixel shuffling: sizes 1..dim//10, starts 0..dim-size, always applied.
     k = config.blocks
-    max_block = torch.clamp(dims // 10, min=1)
-    sizes = _randint(g, torch.ones(2, dtype=torch.int64), max_block, (n, k, 2))
-    starts = _randint(g, torch.zeros_like(sizes), dims - sizes, (n, k, 2))
-    shuffle_boxes = torch.cat([starts, sizes], dim=-1)
-    v_max = int(max_block.prod())
-    keys = torch.rand((n, k, v_max), generator=g)
-    keys = torch.where(torch.arange(v_max) < sizes.prod(-1, keepdim=True), keys, 2.0)
-    perm_dtype = torch.int16 if v_max <= torch.iinfo(torch.int16).max else torch.int32
-    shuffle_perm = torch.argsort(keys, dim=-1, stable=True).to(perm_dtype)
+    shuffle_boxes, shuffle_perm = sample_shuffle_blocks(g, dims, n, k)
 
     # 2. non-linear intensity.
-    do_nonlinear = torch.rand(n, generator=g) < config.nonlinear_rate
-    control = torch.rand((n, 4), dtype=torch.float64, generator=g)
-    inverted = torch.rand(n, generator=g) < 0.5
+    do_nonlinear, control, inverted = sample_nonlinear(g, n, config.nonlinear_rate)
 
     # 3. painting.
-    do_paint = torch.rand(n, generator=g) < config.paint_rate
-    inpaint = torch.rand(n, generator=g) < config.inpaint_rate
-    more = _prefix_while(torch.rand((n, _PAINT_SLOTS), generator=g), config.paint_box_rate)
-    out_valid = torch.cat([torch.ones((n, 1), dtype=torch.bool), more[:, :-1]], dim=1)
-    paint_box_valid = torch.where(inpaint[:, None], more, out_valid)
-    in_sizes = _randint(g, dims // 6, dims // 3, (n, _PAINT_SLOTS, 2))
-    out_sizes = dims - _randint(g, 3 * dims // 7, 4 * dims // 7, (n, _PAINT_SLOTS, 2))
-    paint_sizes = torch.where(inpaint[:, None, None], in_sizes, out_sizes)
-    paint_starts = _randint(
-        g, torch.full_like(paint_sizes, _BORDER), dims - paint_sizes - _BORDER, paint_sizes.shape
-    )
-    paint_boxes = torch.cat([paint_starts, paint_sizes], dim=-1)
+    do_paint, inpaint, paint_boxes, paint_box_valid = sample_painting(g, dims, n, config)
     noise = torch.rand((n, 1, int(shape[2]), int(shape[3])), generator=g)
 
     return Genesis2DParams(
@@ -272,20 +259,6 @@ def apply_genesis2d_reference(
     inpaint = params.inpaint.view(-1, 1, 1, 1)
     painted = torch.where(inpaint, torch.where(inside, noise, x), torch.where(inside, x, noise))
     return torch.where(params.do_paint.view(-1, 1, 1, 1), painted, x)
-
-
-_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def use_triton(tensor: torch.Tensor) -> bool:
-    """Whether :func:`apply_genesis2d` runs the Triton kernel on ``tensor``.
-
-    The shared rule of :mod:`kernels._dispatch`, restricted in automatic mode to the kernel's
-    dtypes. Forcing Triton where it cannot run raises ``RuntimeError``.
-    """
-    if kernel_mode() == "auto" and tensor.dtype not in _TRITON_DTYPES:
-        return False
-    return _shared_use_triton(tensor)
 
 
 def apply_genesis2d(

@@ -17,14 +17,13 @@ Loads are widened to float32 and results rounded once to the input dtype on stor
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from kernels.genesis import bezier_lookup
 from kernels.genesis2d import Genesis2DConfig, Genesis2DParams
+from kernels.genesis_triton import interpreting, lut_interp
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _PAINT_SLOTS = 5
@@ -126,32 +125,11 @@ def _genesis2d_kernel(
 
         # 2. non-linear intensity, float64 like the reference's interp (searchsorted right).
         if do_nonlinear:
-            q = x.to(tl.float64)
-            lo = tl.zeros([BLOCK], dtype=tl.int32)
-            hi = tl.full([BLOCK], P, dtype=tl.int32)
-            for _ in tl.static_range(SEARCH_STEPS):  # count of xs <= q, in [lo, hi]
-                mid = (lo + hi) // 2
-                active = lo < hi
-                below = tl.load(xs + mid, mask=active, other=0.0) <= q
-                lo = tl.where(active & below, mid + 1, lo)
-                hi = tl.where(active & ~below, mid, hi)
-            upper = tl.minimum(tl.maximum(lo, 1), P - 1)
-            x0 = tl.load(xs + upper - 1)
-            x1 = tl.load(xs + upper)
-            y0 = tl.load(ys + upper - 1)
-            y1 = tl.load(ys + upper)
-            width = x1 - x0
-            weight = tl.where(width > 0, (q - x0) / tl.where(width > 0, width, 1.0), 1.0)
-            weight = tl.minimum(tl.maximum(weight, 0.0), 1.0)
-            x = (y0 + weight * (y1 - y0)).to(tl.float32)
+            x = lut_interp(x, xs, ys, P, SEARCH_STEPS, BLOCK)
 
         # 3. painting.
         x = tl.where(replace, noise, x)
         tl.store(out_ptr + base + offs, x.to(out_ty), mask=valid)
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "") == "1"
 
 
 def _genesis2d_triton(
@@ -185,7 +163,7 @@ def _genesis2d_triton(
             f"the Triton Genesis-2D kernel takes float32, bfloat16 or float16 images, got "
             f"{images.dtype}; use the reference (ANATOMIX_KERNELS=torch) for other dtypes"
         )
-    if not images.is_cuda and not _interpreting():
+    if not images.is_cuda and not interpreting():
         raise ValueError(
             f"the Triton Genesis-2D kernel needs a CUDA tensor, got one on {images.device} "
             "(CPU tensors run only under TRITON_INTERPRET=1)"
@@ -225,7 +203,7 @@ def _genesis2d_triton(
         )
 
     out = torch.empty_like(images)
-    block = 4096 if _interpreting() else 1024  # the interpreter pays per program, not per lane
+    block = 4096 if interpreting() else 1024  # the interpreter pays per program, not per lane
     grid = (triton.cdiv(spatial, block), n)
     _genesis2d_kernel[grid](
         images, owner, boxes, perm, flags, xs.contiguous(), ys.contiguous(), paint, noise, out,

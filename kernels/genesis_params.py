@@ -189,35 +189,13 @@ def sample_genesis_params(
     # 2. local pixel shuffling: sizes 1..dim//10, starts 0..dim-size (block fully inside).
     k = config.shuffle_blocks
     do_shuffle = torch.rand(n, generator=g) < config.local_rate
-    max_block = torch.clamp(dims // 10, min=1)
-    sizes = _randint(g, torch.ones(3, dtype=torch.int64), max_block, (n, k, 3))
-    starts = _randint(g, torch.zeros_like(sizes), dims - sizes, (n, k, 3))
-    shuffle_boxes = torch.cat([starts, sizes], dim=-1)
-    v_max = int(max_block.prod())
-    keys = torch.rand((n, k, v_max), generator=g)
-    slot = torch.arange(v_max)
-    keys = torch.where(slot < sizes.prod(-1, keepdim=True), keys, 2.0)  # unused slots sort last
-    perm_dtype = torch.int16 if v_max <= torch.iinfo(torch.int16).max else torch.int32
-    shuffle_perm = torch.argsort(keys, dim=-1, stable=True).to(perm_dtype)
+    shuffle_boxes, shuffle_perm = sample_shuffle_blocks(g, dims, n, k)
 
     # 3. non-linear intensity: control points r1..r4 ~ U(0, 1); inverted with p 0.5.
-    do_nonlinear = torch.rand(n, generator=g) < config.nonlinear_rate
-    control = torch.rand((n, 4), dtype=torch.float64, generator=g)
-    inverted = torch.rand(n, generator=g) < 0.5
+    do_nonlinear, control, inverted = sample_nonlinear(g, n, config.nonlinear_rate)
 
     # 4. painting: box sides drawn per kind, then starts keeping 3 voxels to every face.
-    do_paint = torch.rand(n, generator=g) < config.paint_rate
-    inpaint = torch.rand(n, generator=g) < config.inpaint_rate
-    more = _prefix_while(torch.rand((n, _PAINT_SLOTS), generator=g), config.paint_box_rate)
-    out_valid = torch.cat([torch.ones((n, 1), dtype=torch.bool), more[:, :-1]], dim=1)
-    paint_box_valid = torch.where(inpaint[:, None], more, out_valid)
-    in_sizes = _randint(g, dims // 6, dims // 3, (n, _PAINT_SLOTS, 3))
-    out_sizes = dims - _randint(g, 3 * dims // 7, 4 * dims // 7, (n, _PAINT_SLOTS, 3))
-    paint_sizes = torch.where(inpaint[:, None, None], in_sizes, out_sizes)
-    paint_starts = _randint(
-        g, torch.full_like(paint_sizes, _BORDER), dims - paint_sizes - _BORDER, paint_sizes.shape
-    )
-    paint_boxes = torch.cat([paint_starts, paint_sizes], dim=-1)
+    do_paint, inpaint, paint_boxes, paint_box_valid = sample_painting(g, dims, n, config)
     noise = torch.rand(tuple(int(s) for s in shape), generator=g)
 
     return GenesisParams(
@@ -234,3 +212,54 @@ def sample_genesis_params(
         paint_box_valid=paint_box_valid,
         noise=noise,
     )
+
+
+def sample_shuffle_blocks(
+    g: torch.Generator, dims: torch.Tensor, n: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Local-shuffle blocks for ``n`` samples of spatial size ``dims`` (S axes), ``k`` each.
+
+    Sizes are 1..dim//10 per axis, starts 0..dim-size (the block lies inside). Returns boxes
+    (n, k, 2S) = (starts, sizes) and in-block permutations (n, k, V), V = prod(dim//10): the
+    stable argsort of U(0, 1) keys with unused slots keyed last, so entries 0..v-1 of a block of
+    v voxels are a uniform permutation of 0..v-1.
+    """
+    s = len(dims)
+    max_block = torch.clamp(dims // 10, min=1)
+    sizes = _randint(g, torch.ones(s, dtype=torch.int64), max_block, (n, k, s))
+    starts = _randint(g, torch.zeros_like(sizes), dims - sizes, (n, k, s))
+    v_max = int(max_block.prod())
+    keys = torch.rand((n, k, v_max), generator=g)
+    slot = torch.arange(v_max)
+    keys = torch.where(slot < sizes.prod(-1, keepdim=True), keys, 2.0)  # unused slots sort last
+    perm_dtype = torch.int16 if v_max <= torch.iinfo(torch.int16).max else torch.int32
+    perm = torch.argsort(keys, dim=-1, stable=True).to(perm_dtype)
+    return torch.cat([starts, sizes], dim=-1), perm
+
+
+def sample_nonlinear(g: torch.Generator, n: int, rate: float):
+    """Bézier map draws: whether it fires, control points r1..r4 ~ U(0, 1), inverted (p 0.5)."""
+    do_nonlinear = torch.rand(n, generator=g) < rate
+    control = torch.rand((n, 4), dtype=torch.float64, generator=g)
+    inverted = torch.rand(n, generator=g) < 0.5
+    return do_nonlinear, control, inverted
+
+
+def sample_painting(g: torch.Generator, dims: torch.Tensor, n: int, config):
+    """Painting draws for S spatial axes: (do_paint, inpaint, boxes (n, 5, 2S), valid (n, 5)).
+
+    In-painting tests ``u < paint_box_rate`` before every box, out-painting always keeps its
+    first; sides are dim//6..dim//3 (in) or dim - (3·dim//7..4·dim//7) (out), placed
+    ``_BORDER`` voxels from every face. ``config`` needs paint_rate, inpaint_rate, paint_box_rate.
+    """
+    s = len(dims)
+    do_paint = torch.rand(n, generator=g) < config.paint_rate
+    inpaint = torch.rand(n, generator=g) < config.inpaint_rate
+    more = _prefix_while(torch.rand((n, _PAINT_SLOTS), generator=g), config.paint_box_rate)
+    out_valid = torch.cat([torch.ones((n, 1), dtype=torch.bool), more[:, :-1]], dim=1)
+    valid = torch.where(inpaint[:, None], more, out_valid)
+    in_sizes = _randint(g, dims // 6, dims // 3, (n, _PAINT_SLOTS, s))
+    out_sizes = dims - _randint(g, 3 * dims // 7, 4 * dims // 7, (n, _PAINT_SLOTS, s))
+    sizes = torch.where(inpaint[:, None, None], in_sizes, out_sizes)
+    starts = _randint(g, torch.full_like(sizes, _BORDER), dims - sizes - _BORDER, sizes.shape)
+    return do_paint, inpaint, torch.cat([starts, sizes], dim=-1), valid

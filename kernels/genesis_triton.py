@@ -34,6 +34,33 @@ _PAINT_SLOTS = 5
 
 
 @triton.jit
+def lut_interp(x, xs, ys, P, SEARCH_STEPS: tl.constexpr, BLOCK: tl.constexpr):
+    """Piecewise-linear look-up of ``x`` (BLOCK,) in one cube's table; float32 out.
+
+    ``xs``, ``ys``: (P,) float64 pointers, ``xs`` ascending. Computed in float64 with the
+    reference ``interp``'s rule (searchsorted right, index clamped to 1..P-1, weight clamped).
+    """
+    q = x.to(tl.float64)
+    lo = tl.zeros([BLOCK], dtype=tl.int32)
+    hi = tl.full([BLOCK], P, dtype=tl.int32)
+    for _ in tl.static_range(SEARCH_STEPS):  # count of xs <= q, in [lo, hi]
+        mid = (lo + hi) // 2
+        active = lo < hi
+        below = tl.load(xs + mid, mask=active, other=0.0) <= q
+        lo = tl.where(active & below, mid + 1, lo)
+        hi = tl.where(active & ~below, mid, hi)
+    upper = tl.minimum(tl.maximum(lo, 1), P - 1)
+    x0 = tl.load(xs + upper - 1)
+    x1 = tl.load(xs + upper)
+    y0 = tl.load(ys + upper - 1)
+    y1 = tl.load(ys + upper)
+    width = x1 - x0
+    weight = tl.where(width > 0, (q - x0) / tl.where(width > 0, width, 1.0), 1.0)
+    weight = tl.minimum(tl.maximum(weight, 0.0), 1.0)
+    return (y0 + weight * (y1 - y0)).to(tl.float32)
+
+
+@triton.jit
 def _genesis_owner_kernel(
     boxes_ptr,  # (N, K, 6) int32: start h, w, d, size h, w, d of each shuffle block
     do_shuffle_ptr,  # (N,) int32: 1 where the cube is shuffled
@@ -136,26 +163,7 @@ def _genesis_kernel(
 
     # 3. non-linear intensity, in float64 like the reference's interp: hi = searchsorted(right).
     if do_nonlinear:
-        q = x.to(tl.float64)
-        xs = xs_ptr + n * P
-        ys = ys_ptr + n * P
-        lo = tl.zeros([BLOCK], dtype=tl.int32)
-        hi = tl.full([BLOCK], P, dtype=tl.int32)
-        for _ in tl.static_range(SEARCH_STEPS):  # count of xs <= q, in [lo, hi]
-            mid = (lo + hi) // 2
-            active = lo < hi
-            below = tl.load(xs + mid, mask=active, other=0.0) <= q
-            lo = tl.where(active & below, mid + 1, lo)
-            hi = tl.where(active & ~below, mid, hi)
-        upper = tl.minimum(tl.maximum(lo, 1), P - 1)
-        x0 = tl.load(xs + upper - 1)
-        x1 = tl.load(xs + upper)
-        y0 = tl.load(ys + upper - 1)
-        y1 = tl.load(ys + upper)
-        width = x1 - x0
-        weight = tl.where(width > 0, (q - x0) / tl.where(width > 0, width, 1.0), 1.0)
-        weight = tl.minimum(tl.maximum(weight, 0.0), 1.0)
-        x = (y0 + weight * (y1 - y0)).to(tl.float32)
+        x = lut_interp(x, xs_ptr + n * P, ys_ptr + n * P, P, SEARCH_STEPS, BLOCK)
 
     # 4. painting: noise inside (in-painting) or outside (out-painting) the union of boxes.
     if do_paint:
@@ -177,7 +185,8 @@ def _genesis_kernel(
     tl.store(y_ptr + n * S + offs, y.to(out_ty), mask=valid)
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
+    """Whether Triton runs in its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "") == "1"
 
 
@@ -214,7 +223,7 @@ def _genesis_triton(
             f"the Triton Models Genesis kernel takes float32, bfloat16 or float16 cubes, got "
             f"{cubes.dtype}; use the reference (ANATOMIX_KERNELS=torch) for other dtypes"
         )
-    if not cubes.is_cuda and not _interpreting():
+    if not cubes.is_cuda and not interpreting():
         raise ValueError(
             f"the Triton Models Genesis kernel needs a CUDA tensor, got one on {cubes.device} "
             "(CPU tensors run only under TRITON_INTERPRET=1)"
@@ -260,7 +269,7 @@ def _genesis_triton(
 
     x = torch.empty_like(cubes)
     y = torch.empty_like(cubes)
-    block = 4096 if _interpreting() else 1024  # the interpreter pays per program, not per lane
+    block = 4096 if interpreting() else 1024  # the interpreter pays per program, not per lane
     grid = (triton.cdiv(spatial, block), n)
     _genesis_kernel[grid](
         cubes, owner, boxes, perm, flags, xs.contiguous(), ys.contiguous(), paint, noise, x, y,
