@@ -4,12 +4,14 @@ Public API::
 
     build_model(name, **kwargs)            # registry front door (MODELS)
     UNet3D, GenesisClassifier              # Models Genesis (3D CT)
+    ArkModel                               # Foundation Ark (2D CXR, timm backbone)
     save_weights / load_weights / load_model   # safetensors + model_name/model_args
     atomic_path / atomic_write_bytes       # crash-safe writes (reused by train/)
     load_torch_file                        # torch.load(weights_only=True), never unsafe
     import_official(family, path, out=...) # released checkpoints (OFFICIAL_IMPORTERS)
 """
 
+from .ark import ArkModel
 from .checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
@@ -27,6 +29,7 @@ from .registry import MODELS, build_model
 from .unet3d import ContBatchNorm3d, EncoderLoadResult, GenesisClassifier, UNet3D
 
 __all__ = [
+    "ArkModel",
     "MODELS",
     "OFFICIAL_IMPORTERS",
     "CheckpointError",

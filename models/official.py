@@ -9,16 +9,24 @@ Families:
     ``MrGiovanni/ModelsGenesis``): ``{'epoch', 'state_dict', 'optimizer_state_dict'}`` with
     ``module.``-prefixed (DataParallel) keys → :class:`models.unet3d.UNet3D`. A bare state dict
     and unprefixed keys are accepted too.
+    ``ark``: Foundation Ark (jlianglab/Ark, weights by request form): the released teacher
+    ``ark6_teacher_ep200_swinb_projector1376_mlp.pth.tar`` (a bare state dict) or a full
+    training checkpoint ``{'epoch', 'lossMIN', 'state_dict', 'teacher', 'optimizer',
+    'scheduler'}`` (``teacher`` is taken) → :class:`models.ark.ArkModel`. Its Swin keys use
+    timm 0.5.4 names and are mapped to the installed timm (see :func:`_ark_backbone_key`).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from torch import nn
 
@@ -44,6 +52,9 @@ class ImportReport:
         stripped_prefix: the key prefix removed (``"module."``) or None.
         filled: keys absent from the file but harmless to default (``num_batches_tracked``).
         out: safetensors file written, if any.
+        dropped: file keys deliberately not loaded (an unused classifier, buffers the model
+            recomputes); they do not make the import fail.
+        source_entry: the checkpoint entry read (``"teacher"``, ``"state_dict"``), if any.
     """
 
     family: str
@@ -59,6 +70,8 @@ class ImportReport:
     stripped_prefix: str | None = None
     filled: list[str] = field(default_factory=list)
     out: Path | None = None
+    dropped: list[str] = field(default_factory=list)
+    source_entry: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -67,6 +80,8 @@ class ImportReport:
 
     def __str__(self) -> str:
         epoch = f", epoch {self.source_epoch}" if self.source_epoch is not None else ""
+        if self.source_entry is not None:
+            epoch += f", entry {self.source_entry!r}"
         status = "OK" if self.ok else "MISMATCH"
         lines = [
             f"{self.family} import of {self.source.name}{epoch} into {self.model_name}: {status}; "
@@ -78,6 +93,7 @@ class ImportReport:
             ("unexpected in file", self.unexpected),
             ("wrong shape", self.mismatched),
             ("absent, defaulted", self.filled),
+            ("dropped (unused)", self.dropped),
         ):
             if keys:
                 shown = ", ".join(keys[:10]) + (
@@ -89,21 +105,27 @@ class ImportReport:
         return "\n".join(lines)
 
 
-def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], int | None]:
-    """Find the state dict (and epoch) in a loaded training checkpoint or bare state dict."""
-    epoch = None
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        epoch = obj.get("epoch")
-        obj = obj["state_dict"]
+def _unwrap(
+    obj: Any, path: Path, entries: tuple[str, ...] = ("state_dict",)
+) -> tuple[dict[str, torch.Tensor], int | None, str | None]:
+    """Find the state dict, epoch and entry name in a training checkpoint or bare state dict.
+
+    ``entries`` are the checkpoint keys that may hold the state dict, most wanted first.
+    """
+    epoch = entry = None
+    if isinstance(obj, Mapping):
+        entry = next((e for e in entries if isinstance(obj.get(e), Mapping)), None)
+        if entry is not None:
+            epoch = obj.get("epoch")
+            obj = obj[entry]
     if not isinstance(obj, Mapping) or not obj:
         top = list(obj)[:5] if isinstance(obj, Mapping) else type(obj).__name__
-        raise CheckpointError(
-            f"{path}: expected a state dict or {{'state_dict': ...}} checkpoint, got {top}"
-        )
+        wanted = " or ".join(f"{{{e!r}: ...}}" for e in entries)
+        raise CheckpointError(f"{path}: expected a state dict or {wanted} checkpoint, got {top}")
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: state dict entries are not tensors: {bad[:5]}")
-    return dict(obj), int(epoch) if isinstance(epoch, int) else None
+    return dict(obj), int(epoch) if isinstance(epoch, int) else None, entry
 
 
 def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> tuple[dict, str | None]:
@@ -141,7 +163,7 @@ def _match(
 def _import_genesis(
     path: Path, *, out: Path | None, strict: bool, model_args: dict[str, Any]
 ) -> ImportReport:
-    state, epoch = _unwrap(load_torch_file(path), path)
+    state, epoch, _ = _unwrap(load_torch_file(path), path)
     state, stripped = _strip_prefix(state, "module.")
     head = state.get("out_tr.final_conv.weight")
     stem = state.get("down_tr64.ops.0.conv1.weight")
@@ -179,9 +201,159 @@ def _import_genesis(
     return report
 
 
+# --------------------------------------------------------------------------------------------
+# Foundation Ark
+
+#: (stem width, depths) of a Swin → the timm name's variant part.
+_SWIN_VARIANTS = {
+    (96, (2, 2, 6, 2)): "swin_tiny",
+    (96, (2, 2, 18, 2)): "swin_small",
+    (128, (2, 2, 18, 2)): "swin_base",
+    (192, (2, 2, 18, 2)): "swin_large",
+}
+#: Swin window size → the input size that timm's model names pair with it.
+_SWIN_IMG_SIZE = {7: 224, 12: 384}
+#: Buffers Swin recomputes from its configuration (timm 0.5.4 saved them; timm ≥ 0.6 does not).
+_SWIN_BUFFERS = ("relative_position_index", "attn_mask")
+#: Classifiers of the plain timm model that Ark never uses (its heads are ``omni_heads``).
+_VESTIGIAL = ("head.", "head_dist.")
+
+
+def _ark_backbone_key(key: str, old_layout: bool) -> str:
+    """A released Swin key → the installed timm's name (without our ``backbone.`` prefix).
+
+    timm 0.5.4 (Ark's pin) put the patch merging at the *end* of stage i
+    (``layers.{i}.downsample``, i = 0..2); timm ≥ 0.6 puts it at the *start* of stage i + 1.
+    The merging itself (norm over 4C, Linear 4C → 2C, same 2×2 gather order) is unchanged.
+    """
+    if old_layout:
+        key = re.sub(
+            r"^layers\.(\d+)\.downsample\.",
+            lambda m: f"layers.{int(m.group(1)) + 1}.downsample.",
+            key,
+        )
+    return key
+
+
+def _infer_ark_args(state: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
+    """ArkModel arguments read off the tensors: Swin variant, projector kind, head widths."""
+    stem = state.get("patch_embed.proj.weight")
+    if stem is None or stem.dim() != 4:
+        raise CheckpointError(
+            f"{path}: not an Ark checkpoint: no Swin patch embedding 'patch_embed.proj.weight' "
+            f"(keys start {sorted(state)[:5]})"
+        )
+    depths = []
+    while blocks := {
+        int(m.group(1))
+        for k in state
+        if (m := re.match(rf"layers\.{len(depths)}\.blocks\.(\d+)\.", k))
+    }:
+        depths.append(max(blocks) + 1)
+    table = state.get("layers.0.blocks.0.attn.relative_position_bias_table")
+    window = (math.isqrt(table.shape[0]) + 1) // 2 if table is not None else None
+    width, patch = int(stem.shape[0]), int(stem.shape[-1])
+    variant = _SWIN_VARIANTS.get((width, tuple(depths)))
+    img_size = _SWIN_IMG_SIZE.get(window)
+    name = f"{variant}_patch{patch}_window{window}_{img_size}"
+    args: dict[str, Any] = {
+        "backbone": name if variant and img_size and timm.is_model(name) else None,
+        "img_size": img_size or 224,
+        "in_chans": int(stem.shape[1]),
+        "_describe": f"Swin with width {width}, depths {tuple(depths)}, window {window}",
+    }
+    if "projector.0.weight" in state:
+        args["projector"], args["embed_dim"] = "mlp", int(state["projector.0.weight"].shape[0])
+    elif "projector.weight" in state:
+        args["projector"], args["embed_dim"] = "linear", int(state["projector.weight"].shape[0])
+    else:
+        args["projector"] = "none"
+    heads = sorted(
+        int(m.group(1)) for k in state if (m := re.fullmatch(r"omni_heads\.(\d+)\.weight", k))
+    )
+    if heads != list(range(len(heads))):
+        raise CheckpointError(f"{path}: omni_heads are numbered {heads}, expected 0..n-1")
+    args["head_sizes"] = [int(state[f"omni_heads.{i}.weight"].shape[0]) for i in heads]
+    return args
+
+
+def _import_ark(
+    path: Path, *, out: Path | None, strict: bool, model_args: dict[str, Any]
+) -> ImportReport:
+    state, epoch, entry = _unwrap(
+        load_torch_file(path), path, entries=("teacher", "state_dict", "model")
+    )
+    state, stripped = _strip_prefix(state, "module.")
+    args = _infer_ark_args(state, path)
+    describe = args.pop("_describe")
+    args.update(model_args)
+    if args["backbone"] is None:
+        raise CheckpointError(
+            f"{path}: {describe} is not a Swin this importer knows; pass "
+            "model_args={'backbone': <timm model name>}"
+        )
+    report = ImportReport(
+        family="ark",
+        source=path,
+        model=build_model("ark", **args),
+        model_name="ark",
+        model_args=args,
+        source_epoch=epoch,
+        stripped_prefix=stripped,
+        source_entry=entry,
+    )
+    expected = report.model.state_dict()
+    ours = dict(report.model.named_buffers())
+    old_layout = "layers.0.downsample.reduction.weight" in state
+    mapped: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.startswith(("projector.", "omni_heads.")):
+            mapped[key] = value
+            continue
+        if key.startswith(_VESTIGIAL):
+            report.dropped.append(key)
+            continue
+        new = "backbone." + _ark_backbone_key(key, old_layout)
+        if key.rsplit(".", 1)[-1] not in _SWIN_BUFFERS or new in expected:
+            mapped[new] = value
+            continue
+        # A recomputed buffer: not loaded, but it must equal ours, or the window/shift/input
+        # size the file was trained with differs from the model's.
+        report.dropped.append(key)
+        mine = ours.get(new)
+        if mine is None:
+            report.mismatched.append(f"{new}: buffer in file, none in the model (window shift?)")
+        elif mine.shape != value.shape:
+            report.mismatched.append(
+                f"{new}: file buffer {tuple(value.shape)} vs model {tuple(mine.shape)} "
+                "(window or input size)"
+            )
+        elif not torch.equal(mine.to(value.dtype), value):
+            report.mismatched.append(f"{new}: file buffer values differ from the model's")
+    usable = _match(report, mapped, strict=strict)
+    report.model.load_state_dict(usable, strict=False)
+    report.loaded = len(usable)
+    if out is not None:
+        meta = {
+            "source": "official Foundation Ark release (jlianglab/Ark)",
+            "source_file": path.name,
+            "source_entry": entry,
+            "source_epoch": epoch,
+            "source_layout": "timm 0.5.4" if old_layout else "timm >= 0.6",
+            "import_dropped": report.dropped,
+            "import_missing": report.missing,
+            "import_mismatched": report.mismatched,
+        }
+        report.out = save_weights(
+            report.model, out, model_name="ark", model_args=args, metadata=meta
+        )
+    return report
+
+
 #: family name → importer ``(path, *, out, strict, model_args) -> ImportReport``.
 OFFICIAL_IMPORTERS: dict[str, Callable[..., ImportReport]] = {
     "genesis": _import_genesis,
+    "ark": _import_ark,
 }
 
 
@@ -196,7 +368,7 @@ def import_official(
     """Load an officially released checkpoint into our model (and optionally our format).
 
     Args:
-        family: a key of :data:`OFFICIAL_IMPORTERS` (``"genesis"``).
+        family: a key of :data:`OFFICIAL_IMPORTERS` (``"genesis"``, ``"ark"``).
         path: the released file (e.g. ``Genesis_Chest_CT.pt``); read with ``weights_only=True``.
         out: if given, also write our safetensors weights file there (atomically).
         strict: raise on any missing/unexpected key or shape mismatch; with False, load the

@@ -40,11 +40,25 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 
 
 def _set_path(data: dict, keys: list[str], value: Any) -> None:
-    for key in keys[:-1]:
-        data = data.setdefault(key, {})
-        if not isinstance(data, dict):
-            raise ConfigError(f"cannot set {'.'.join(keys)}: {key} is not a section")
-    data[keys[-1]] = value
+    """Set ``data[k0][k1]...`` to ``value``; an integer key indexes a list given in the file
+    (``data.datasets.0.root=...``)."""
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        if isinstance(data, list):
+            if not key.isdigit() or int(key) >= len(data):
+                raise ConfigError(
+                    f"cannot set {'.'.join(keys)}: {key!r} is not an index below {len(data)}"
+                )
+            key = int(key)
+        elif not isinstance(data, dict):
+            raise ConfigError(f"cannot set {'.'.join(keys)}: {keys[depth - 1]} is not a section")
+        if last:
+            data[key] = value
+        else:
+            if isinstance(data, dict):
+                data = data.setdefault(key, {})
+            else:
+                data = data[key]
 
 
 def from_dict(cls: type[T], data: dict, where: str = "") -> T:

@@ -46,15 +46,50 @@ class CubeSource(Protocol):
 
 
 class Method(Protocol):
-    """What a method gives the engine (see ``train/genesis/method.py`` for an example)."""
+    """What a method gives the engine (see ``train/genesis/method.py`` for an example).
+
+    ``datasets()`` may return a *list* of training sources: each epoch then visits them in order,
+    one full pass each (a "phase"; Ark's cyclic visit of its datasets), and a resumed run
+    continues inside the right phase.
+
+    Optional members, used when present:
+
+    - ``wants_context = True``: ``loss`` is called as ``loss(model, batch, generator, ctx)`` with a
+      :class:`StepContext` while training and ``ctx=None`` for validation.
+    - ``after_step(model, ctx)``: after every optimiser step (e.g. a per-iteration EMA teacher).
+    - ``after_phase(model, ctx)``: after the last step of each phase (Ark's per-dataset EMA).
+    - ``export_model(model) -> (module, name, args)``: what ``model.safetensors`` holds (e.g. the
+      teacher of a student-teacher pair); checkpoints always hold the whole ``model``.
+    - ``ddp_kwargs``: extra ``DistributedDataParallel`` arguments (e.g.
+      ``find_unused_parameters=True`` when some heads are unused in a step).
+    - ``val_metrics(net, val_set, device) -> dict``: logged with each epoch's val loss.
+
+    Hooks run before the checkpoint that records their step, so a resumed run neither repeats
+    nor skips one.
+    """
 
     cfg: RunConfig
 
     def build_model(self) -> tuple[torch.nn.Module, str, dict]: ...
-    def datasets(self) -> tuple[CubeSource, CubeSource]: ...
+    def datasets(self) -> tuple[CubeSource | list[CubeSource], CubeSource]: ...
     def loss(self, model, batch, generator: torch.Generator) -> torch.Tensor: ...
 
-    # Optional: ``val_metrics(net, val_set, device) -> dict`` is logged with each epoch's val loss.
+
+@dataclass(frozen=True)
+class StepContext:
+    """Where a training step sits: epoch, phase (training source) and step counters."""
+
+    epoch: int
+    phase: int  # index of the training source (0 when there is one)
+    step_in_phase: int
+    steps_in_phase: int
+    global_step: int  # before this step's optimiser update
+    epochs: int
+    phases: int
+
+    @property
+    def last_in_phase(self) -> bool:
+        return self.step_in_phase == self.steps_in_phase - 1
 
 
 @dataclass
@@ -144,23 +179,29 @@ def fit(
         atomic_write_bytes(run_dir / "config.yaml", dump_config(cfg).encode())
         _truncate_metrics(run_dir / "metrics.jsonl", prog.global_step)
 
-    train_set, val_set = method.datasets()
-    net = DistributedDataParallel(model) if ddp.world > 1 else model
-    sampler = DistributedSampler(
-        range(len(train_set)),
-        num_replicas=ddp.world,
-        rank=ddp.rank,
-        shuffle=True,
-        seed=loop.seed,
-        drop_last=True,
+    train_sets, val_set = method.datasets()
+    phases = list(train_sets) if isinstance(train_sets, (list, tuple)) else [train_sets]
+    net = (
+        DistributedDataParallel(model, **getattr(method, "ddp_kwargs", {}))
+        if ddp.world > 1
+        else model
     )
-    per_epoch = len(sampler) // loop.batch_size
-    if loop.steps_per_epoch is not None:
-        per_epoch = min(per_epoch, loop.steps_per_epoch)
-    if per_epoch == 0:
-        raise ValueError(
-            f"{len(train_set)} training samples give no batch of {loop.batch_size} per process"
+    samplers = [
+        DistributedSampler(
+            range(len(source)),
+            num_replicas=ddp.world,
+            rank=ddp.rank,
+            shuffle=True,
+            seed=loop.seed + 7919 * p,  # phase 0 keeps the single-source order
+            drop_last=True,
         )
+        for p, source in enumerate(phases)
+    ]
+    plan = _phase_plan(phases, samplers, loop)
+    per_epoch = len(plan)
+    phase_steps = [sum(1 for q, _ in plan if q == p) for p in range(len(phases))]
+    with_ctx = getattr(method, "wants_context", False)
+    export = getattr(method, "export_model", lambda m: (m, model_name, model_args))
     autocast = _autocast(loop.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=loop.amp == "fp16" and device.type == "cuda")
     metrics = _MetricsLog(run_dir / "metrics.jsonl", enabled=ddp.main)
@@ -179,8 +220,10 @@ def fit(
         )
 
     while prog.epoch < loop.epochs and not prog.finished:
-        sampler.set_epoch(prog.epoch)
-        order = list(sampler)
+        orders = []
+        for sampler in samplers:
+            sampler.set_epoch(prog.epoch)
+            orders.append(list(sampler))
         net.train()
         bar = tqdm(
             range(prog.step_in_epoch, per_epoch),
@@ -192,15 +235,31 @@ def fit(
         )
         tick, seen = time.perf_counter(), 0
         for b in bar:
-            idx = order[b * loop.batch_size : (b + 1) * loop.batch_size]
-            batch = to_device(train_set.batch(idx), device)
+            phase, bp = plan[b]
+            idx = orders[phase][bp * loop.batch_size : (bp + 1) * loop.batch_size]
+            batch = to_device(phases[phase].batch(idx), device)
             gen = step_generator(loop.seed, prog.epoch, b, ddp.rank)
+            ctx = StepContext(
+                epoch=prog.epoch,
+                phase=phase,
+                step_in_phase=bp,
+                steps_in_phase=phase_steps[phase],
+                global_step=prog.global_step,
+                epochs=loop.epochs,
+                phases=len(phases),
+            )
             with autocast:
-                loss = method.loss(net, batch, gen)
+                loss = (
+                    method.loss(net, batch, gen, ctx) if with_ctx else method.loss(net, batch, gen)
+                )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if hasattr(method, "after_step"):
+                method.after_step(model, ctx)
+            if ctx.last_in_phase and hasattr(method, "after_phase"):
+                method.after_phase(model, ctx)
             prog.global_step += 1
             prog.step_in_epoch = b + 1
             seen += len(idx) * ddp.world
@@ -230,11 +289,12 @@ def fit(
         if improved:
             prog.best_val, prog.bad_epochs = val, 0
             if ddp.main:
+                best, best_name, best_args = export(model)
                 save_weights(
-                    model,
+                    best,
                     run_dir / "model.safetensors",
-                    model_name=model_name,
-                    model_args=model_args,
+                    model_name=best_name,
+                    model_args=best_args,
                     metadata={"epoch": str(prog.epoch), "val_loss": f"{val:.6g}"},
                 )
         else:
@@ -280,11 +340,31 @@ def evaluate(method, net, val_set, loop, device, autocast) -> float:
     for b, start in enumerate(range(0, len(val_set), loop.batch_size)):
         idx = list(range(start, min(start + loop.batch_size, len(val_set))))
         batch = to_device(val_set.batch(idx), device)
+        gen = step_generator(loop.seed, -1, b)
         with autocast:
-            loss = method.loss(net, batch, step_generator(loop.seed, -1, b))
+            if getattr(method, "wants_context", False):
+                loss = method.loss(net, batch, gen, None)
+            else:
+                loss = method.loss(net, batch, gen)
         total += float(loss) * len(idx)
         count += len(idx)
     return total / max(count, 1)
+
+
+def _phase_plan(phases, samplers, loop) -> list[tuple[int, int]]:
+    """The steps of one epoch as (phase, batch index in phase), phases in order."""
+    plan = []
+    for p, (source, sampler) in enumerate(zip(phases, samplers, strict=True)):
+        steps = len(sampler) // loop.batch_size
+        if loop.steps_per_epoch is not None:
+            steps = min(steps, loop.steps_per_epoch)
+        if steps == 0:
+            raise ValueError(
+                f"{len(source)} training samples (source {p}) give no batch of "
+                f"{loop.batch_size} per process"
+            )
+        plan.extend((p, b) for b in range(steps))
+    return plan
 
 
 def to_device(batch, device: torch.device):

@@ -32,10 +32,12 @@ def build_scheduler(optimizer, cfg: OptimConfig, epochs: int):
     if cfg.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     warm = cfg.warmup_epochs
+    floor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
 
     def cosine(e: int) -> float:
-        scale = min(1.0, (e + 1) / warm) if warm else 1.0
+        if warm and e < warm:
+            return (e + 1) / warm
         span = max(1, epochs - warm)
-        return scale * 0.5 * (1 + math.cos(math.pi * max(0, e - warm) / span))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * max(0, e - warm) / span))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)

@@ -4,7 +4,10 @@
         [--set optim.lr=0.1 ...] [--run-dir runs/genesis-tiny] [--resume]
     python -m train.run finetune --task synthetic_nodule_seg --init genesis:runs/genesis-tiny \\
         [--config configs/genesis/finetune_tiny.yaml] [--set ...] [--run-dir ...] [--resume]
-    python -m train.run evaluate --run-dir runs/finetune-... [--split test]
+    python -m train.run pretrain --method ark --config configs/ark/tiny.yaml
+    python -m train.run transfer --init ark:runs/ark-tiny --config configs/ark/transfer_tiny.yaml \
+        [--mode finetune|probe]
+    python -m train.run evaluate --run-dir runs/finetune-... [--split test] [--ten-crop]
     torchrun --nproc_per_node=2 -m train.run pretrain ...   # DistributedDataParallel
 """
 
@@ -15,14 +18,16 @@ import json
 import sys
 from pathlib import Path
 
+from .ark.config import ArkConfig
+from .ark.method import ArkMethod
 from .config import ConfigError, load_config
 from .engine import fit
 from .finetune.config import FinetuneConfig
 from .genesis.config import GenesisConfig
 from .genesis.method import GenesisMethod
 
-#: method name → (config class, method class); Ark and PEAC join with their issues.
-METHODS = {"genesis": (GenesisConfig, GenesisMethod)}
+#: method name → (config class, method class); PEAC joins with its issue.
+METHODS = {"genesis": (GenesisConfig, GenesisMethod), "ark": (ArkConfig, ArkMethod)}
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -61,13 +66,26 @@ def build_parser() -> argparse.ArgumentParser:
     fin.add_argument("--task", help="task name (train.finetune.tasks.TASKS); default from config")
     fin.add_argument("--init", help="'scratch' or 'genesis:<run dir | .safetensors | .pt>'")
     _add_run_options(fin)
+    tr = sub.add_parser(
+        "transfer",
+        help="fine-tune or linear-probe Ark weights on a new 2D task",
+        description="Reuse pretrained Ark weights on a new chest X-ray task: fine-tune with a new "
+        "head (resumable), or fit a linear probe on frozen embeddings.",
+    )
+    tr.add_argument("--init", help="'scratch' or 'ark:<run dir | .safetensors>'")
+    tr.add_argument("--mode", choices=["finetune", "probe"], default="finetune")
+    _add_run_options(tr)
     ev = sub.add_parser(
         "evaluate",
         help="score a fine-tuned run",
-        description="Score a fine-tuned run's best weights on a split.",
+        description="Score a run's best weights on a split (fine-tuned 3D tasks: Dice/AUROC; "
+        "Ark: per-dataset, per-class AUROC of the teacher).",
     )
     ev.add_argument("--run-dir", type=Path, required=True)
     ev.add_argument("--split", choices=["train", "val", "test"], default="test")
+    ev.add_argument(
+        "--ten-crop", action="store_true", help="2D models: average the ten-crop predictions"
+    )
     return parser
 
 
@@ -77,12 +95,36 @@ def _load(config_cls, args, run_dir: Path, extra: list[str]):
     return load_config(config_cls, args.config, extra + args.overrides)
 
 
+def _saved_config(run_dir: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+
+
+def _evaluate(args) -> dict:
+    """Dispatch on the model family recorded in the run's best weights."""
+    from models.checkpoint import load_weights
+
+    _, info = load_weights(args.run_dir / "model.safetensors")
+    if info.model_name == "ark" and "schedule" not in _saved_config(args.run_dir):
+        from .ark.transfer import TransferConfig, evaluate_transfer_run
+
+        cfg = load_config(TransferConfig, args.run_dir / "config.yaml")
+        cfg.ten_crop = cfg.ten_crop or args.ten_crop
+        return evaluate_transfer_run(args.run_dir, cfg, args.split)
+    if info.model_name == "ark":
+        from .ark.evaluate import evaluate_ark_run
+
+        return evaluate_ark_run(args.run_dir, args.split, ten_crop=args.ten_crop)
+    from .finetune.evaluate import evaluate_run
+
+    return evaluate_run(args.run_dir, args.split)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "evaluate":
-        from .finetune.evaluate import evaluate_run
-
-        print(json.dumps(evaluate_run(args.run_dir, args.split), indent=2))
+        print(json.dumps(_evaluate(args), indent=2))
         return 0
     preset = args.config.stem if args.config else "default"
     try:
@@ -90,6 +132,16 @@ def main(argv: list[str] | None = None) -> int:
             config_cls, method_cls = METHODS[args.method]
             run_dir = args.run_dir or Path("runs") / f"{args.method}-{preset}"
             cfg = _load(config_cls, args, run_dir, [])
+        elif args.command == "transfer":
+            from .ark.transfer import TransferConfig, TransferMethod, linear_probe
+
+            run_dir = args.run_dir or Path("runs") / f"transfer-{args.mode}-{preset}"
+            extra = [f"init={args.init}"] if args.init else []
+            cfg = _load(TransferConfig, args, run_dir, extra)
+            if args.mode == "probe":
+                print(json.dumps(linear_probe(cfg, run_dir), indent=2))
+                return 0
+            method_cls = TransferMethod
         else:
             from .finetune.method import FinetuneMethod
 

@@ -36,7 +36,8 @@ class OptimConfig:
     scheduler: Literal["none", "step", "cosine"] = "step"
     step_size: int = 40  # epochs (StepLR)
     gamma: float = 0.5
-    warmup_epochs: int = 0  # cosine only
+    warmup_epochs: int = 0  # cosine only: linear ramp to lr over these epochs
+    min_lr: float = 0.0  # cosine only: the floor the cosine decays to
 
 
 @dataclass

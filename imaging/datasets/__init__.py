@@ -16,6 +16,16 @@ from imaging.datasets.mimic_cxr import MimicCxrDataset
 from imaging.datasets.rsna_pneumonia import RsnaPneumoniaDataset
 from imaging.datasets.shenzhen import ShenzhenDataset
 from imaging.datasets.synthetic import SyntheticChestDataset, SyntheticCTDataset
+from imaging.datasets.synthetic_multi import (
+    SOURCES,
+    SYNTHETIC_SOURCES,
+    SourceSpec,
+    SynthChestXray14Dataset,
+    SynthCheXpertDataset,
+    SyntheticSourceDataset,
+    SynthRsnaDataset,
+    SynthVinDrDataset,
+)
 from imaging.datasets.vindr_cxr import VinDrCxrDataset
 
 DATASETS: dict[str, type] = {
@@ -28,6 +38,7 @@ DATASETS: dict[str, type] = {
     "luna16": Luna16Dataset,
     "synthetic_chest": SyntheticChestDataset,
     "synthetic_ct": SyntheticCTDataset,
+    **SYNTHETIC_SOURCES,  # synth_cxpt, synth_nih, synth_vindr, synth_rsna
 }
 
 
@@ -53,8 +64,15 @@ __all__ = [
     "RsnaPneumoniaDataset",
     "Sample",
     "ShenzhenDataset",
+    "SOURCES",
+    "SourceSpec",
+    "SynthCheXpertDataset",
+    "SynthChestXray14Dataset",
+    "SynthRsnaDataset",
+    "SynthVinDrDataset",
     "SyntheticCTDataset",
     "SyntheticChestDataset",
+    "SyntheticSourceDataset",
     "VinDrCxrDataset",
     "build_dataset",
     "collate_samples",

@@ -59,3 +59,17 @@ def resolve_label_names(dataset: str, classes: str | tuple | list | None) -> tup
     if unknown:
         raise KeyError(f"{dataset}: unknown label names {unknown}; known: {list(known)}")
     return names
+
+
+def load_label_rules(dataset: str) -> dict[str, str]:
+    """How each label of a synthetic source is read off the phantom findings, in label order.
+
+    Raises:
+        KeyError: unknown dataset, or a label without a rule (the message names it).
+    """
+    names = load_label_names(dataset)
+    rules = _entry(dataset).get("rules") or {}
+    missing = [n for n in names if n not in rules]
+    if missing:
+        raise KeyError(f"dataset {dataset!r}: labels without a rule in labels.yaml: {missing}")
+    return {n: str(rules[n]) for n in names}

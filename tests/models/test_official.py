@@ -182,7 +182,7 @@ def test_unsafe_and_malformed_files_are_refused(tmp_path, source_state):
 def test_unknown_family_lists_valid_ones(tmp_path):
     assert "genesis" in OFFICIAL_IMPORTERS
     with pytest.raises(KeyError, match="genesis"):
-        import_official("ark", tmp_path / "x.pt")
+        import_official("nope", tmp_path / "x.pt")
 
 
 def test_command_line_import(tmp_path, source_state):
