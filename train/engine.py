@@ -256,6 +256,8 @@ def fit(
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if ctx.last_in_phase:
+                _sync_buffers(model, ddp)
             if hasattr(method, "after_step"):
                 method.after_step(model, ctx)
             if ctx.last_in_phase and hasattr(method, "after_phase"):
@@ -316,6 +318,19 @@ def fit(
         metrics.write(step=prog.global_step, epoch=prog.epoch, replica_max_abs_diff=diff)
     _barrier(ddp)
     return prog
+
+
+def _sync_buffers(model: torch.nn.Module, ddp: Dist) -> None:
+    """Give every replica rank 0's buffers (e.g. BatchNorm running statistics).
+
+    DDP broadcasts them at the start of each forward, but the forward then updates them from the
+    local batch, so after a phase's last step they differ; a teacher copying them, validation and
+    the checkpoint need the same values everywhere.
+    """
+    if ddp.world <= 1:
+        return
+    for buf in model.buffers():
+        dist.broadcast(buf.data, src=0)
 
 
 def replica_divergence(model: torch.nn.Module) -> float:
