@@ -1,8 +1,11 @@
-"""One dispatch rule for every op in ``kernels/``: Triton kernel or PyTorch reference.
+"""One dispatch rule for every op in ``kernels/``: Triton kernel, Numba CPU kernel or reference.
 
-``ANATOMIX_KERNELS`` forces a path: ``triton``, or ``torch`` (alias ``reference``). Unset (or
-``auto``), the Triton kernel runs when every tensor argument is on a CUDA device and Triton can be
-imported; otherwise the reference runs.
+``ANATOMIX_KERNELS`` forces a path: ``triton``, ``numba``, or ``torch`` (alias ``reference``).
+Unset (or ``auto``), the Triton kernel runs when every tensor argument is on a CUDA device and
+Triton can be imported; an op that has a compiled CPU kernel (today the 3D Models Genesis
+transforms, ``kernels/genesis_cpu.py``) runs it for CPU tensors when Numba can be imported;
+otherwise the reference runs. ``numba`` forces the CPU kernel where an op has one (CUDA tensors or
+a missing Numba raise a ``RuntimeError``) and the reference for ops without one.
 
 Triton compiles for a GPU driver; CPU tensors reach a kernel only through the interpreter
 (``TRITON_INTERPRET=1``, set before Triton is first imported). Forcing ``triton`` on CPU tensors
@@ -15,6 +18,8 @@ function, so the references still import and run.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import os
 
 import torch
@@ -26,9 +31,19 @@ except ImportError:  # pragma: no cover - exercised only on Triton-less installs
     triton = None
     tl = None
 
-__all__ = ["jit", "kernel_mode", "triton", "tl", "triton_available", "use_triton"]
+__all__ = [
+    "jit",
+    "kernel_mode",
+    "numba_available",
+    "triton",
+    "tl",
+    "triton_available",
+    "use_numba",
+    "use_triton",
+]
 
 _FORCE_TRITON = {"triton"}
+_FORCE_NUMBA = {"numba"}
 _FORCE_TORCH = {"torch", "reference"}
 _AUTO = {"", "auto"}
 
@@ -43,8 +58,18 @@ def triton_available() -> bool:
     return triton is not None
 
 
+@functools.cache
+def numba_available() -> bool:
+    """Whether Numba can be imported in this process (tried once, on first call: it is slow)."""
+    try:
+        importlib.import_module("numba")
+    except ImportError:
+        return False
+    return True
+
+
 def kernel_mode() -> str:
-    """The value of ``ANATOMIX_KERNELS``: ``"triton"``, ``"torch"`` or ``"auto"``.
+    """The value of ``ANATOMIX_KERNELS``: ``"triton"``, ``"numba"``, ``"torch"`` or ``"auto"``.
 
     Raises:
         ValueError: any other value.
@@ -52,12 +77,15 @@ def kernel_mode() -> str:
     choice = os.environ.get("ANATOMIX_KERNELS", "").strip().lower()
     if choice in _FORCE_TRITON:
         return "triton"
+    if choice in _FORCE_NUMBA:
+        return "numba"
     if choice in _FORCE_TORCH:
         return "torch"
     if choice in _AUTO:
         return "auto"
     raise ValueError(
-        f"ANATOMIX_KERNELS must be 'triton', 'torch' (alias 'reference') or unset, got {choice!r}"
+        "ANATOMIX_KERNELS must be 'triton', 'numba', 'torch' (alias 'reference') or unset, got "
+        f"{choice!r}"
     )
 
 
@@ -76,7 +104,7 @@ def use_triton(*tensors: torch.Tensor) -> bool:
             the CPU and the Triton interpreter (``TRITON_INTERPRET=1``) is not enabled.
     """
     mode = kernel_mode()
-    if mode == "torch":
+    if mode in ("torch", "numba"):
         return False
     on_cuda = len(tensors) > 0 and all(t.is_cuda for t in tensors)
     if mode == "auto":
@@ -91,5 +119,40 @@ def use_triton(*tensors: torch.Tensor) -> bool:
             "ANATOMIX_KERNELS=triton with CPU tensors needs the Triton interpreter: set "
             "TRITON_INTERPRET=1 before Triton is first imported, move the tensors to a CUDA "
             "device, or set ANATOMIX_KERNELS=torch"
+        )
+    return True
+
+
+def use_numba(*tensors: torch.Tensor) -> bool:
+    """Whether an op that has a Numba CPU kernel should run it on ``tensors``.
+
+    Args:
+        *tensors: the op's tensor arguments.
+
+    Returns:
+        True for the Numba kernel: forced by ``ANATOMIX_KERNELS=numba``, or automatically when
+        every tensor is on the CPU and Numba imports. False for the other paths.
+
+    Raises:
+        ValueError: ``ANATOMIX_KERNELS`` has an unknown value.
+        RuntimeError: ``ANATOMIX_KERNELS=numba`` but Numba is not importable or some tensor is not
+            on the CPU.
+    """
+    mode = kernel_mode()
+    on_cpu = len(tensors) > 0 and all(t.device.type == "cpu" for t in tensors)
+    if mode == "auto":
+        return on_cpu and numba_available()
+    if mode != "numba":
+        return False
+    if not numba_available():
+        raise RuntimeError(
+            "ANATOMIX_KERNELS=numba, but Numba cannot be imported; install numba (a dependency of "
+            "anatomix) or set ANATOMIX_KERNELS=torch"
+        )
+    if not on_cpu:
+        devices = sorted({str(t.device) for t in tensors})
+        raise RuntimeError(
+            f"ANATOMIX_KERNELS=numba runs CPU kernels, but the tensors are on {devices}; move them "
+            "to the CPU, or unset ANATOMIX_KERNELS to use the Triton kernels on a GPU"
         )
     return True

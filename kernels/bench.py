@@ -3,10 +3,11 @@
     python -m kernels.bench [--batch 32] [--repeat 3]
 
 Prints cubes/s for (a) the per-cube NumPy loop with the published pipeline's structure
-(``bench/genesis_numpy_loop.py``), (b) the PyTorch reference batched on CPU, and where CUDA
-exists (c) the reference on the GPU and (d) the Triton kernel, with ratios to (a) measured in
-the same run, and on the GPU the achieved GB/s for the bytes the op must move against a measured
-device-to-device copy. Not part of the test suite.
+(``bench/genesis_numpy_loop.py``), (b) the PyTorch reference batched on CPU, (b2) the Numba CPU
+kernel (``kernels/genesis_cpu.py``; where Numba imports), and where CUDA exists (c) the reference
+on the GPU and (d) the Triton kernel, with ratios to (a) measured in the same run (every batched
+row includes drawing the parameters: ``transform_batch``), and on the GPU the achieved GB/s for
+the bytes the op must move against a measured device-to-device copy. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._dispatch import numba_available
 from .genesis import GenesisTransformConfig, transform_batch
 from .grid import match_patches
 
@@ -84,6 +86,11 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     t = _best(_forced("torch", lambda: transform_batch(cubes, cfg, gen)), args.repeat)
     rows.append(("(b) PyTorch reference, CPU, batched", args.batch / t))
+    if numba_available():
+        t = _best(_forced("numba", lambda: transform_batch(cubes, cfg, gen)), args.repeat)
+        rows.append(("(b2) Numba CPU kernel (compiled, parallel over cubes)", args.batch / t))
+    else:
+        rows.append(("(b2) Numba CPU kernel: numba is not installed", float("nan")))
 
     gbs = []
     if torch.cuda.is_available():
@@ -108,9 +115,9 @@ def main() -> None:
 
     base = rows[0][1]
     print(f"Genesis transforms, cubes {tuple(args.shape)}, batch {args.batch}")
-    print(f"{'path':<44} {'cubes/s':>10} {'× (a)':>8}")
+    print(f"{'path':<54} {'cubes/s':>10} {'× (a)':>8}")
     for name, rate in rows:
-        print(f"{name:<44} {rate:>10.1f} {rate / base:>8.1f}")
+        print(f"{name:<54} {rate:>10.1f} {rate / base:>8.1f}")
     for line in gbs:
         print(line)
     bench_grid(args.batch, args.repeat)
@@ -143,9 +150,9 @@ def bench_grid(batch: int, repeat: int) -> None:
     else:
         rows.append(("GPU paths: no CUDA device on this machine", float("nan")))
     print(f"\nPEAC grid matching fwd+bwd, batch {batch}, 14×14×1024 tokens per view")
-    print(f"{'path':<44} {'samples/s':>10} {'× ref CPU':>10}")
+    print(f"{'path':<54} {'samples/s':>10} {'× ref CPU':>10}")
     for name, rate in rows:
-        print(f"{name:<44} {rate:>10.1f} {rate / rows[0][1]:>10.2f}")
+        print(f"{name:<54} {rate:>10.1f} {rate / rows[0][1]:>10.2f}")
 
 
 if __name__ == "__main__":

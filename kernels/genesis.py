@@ -23,11 +23,16 @@ Flip axis: the official code draws the axis from {0, 1, 2} of a (1, H, W, D) arr
 ``flip_mode="corrected"`` (the default) draws from {H, W, D}.
 
 Dispatch: :func:`transform_batch` draws :class:`GenesisParams` from a seeded CPU generator and
-applies them with :func:`apply_genesis`, which picks one of two implementations of the same
+applies them with :func:`apply_genesis`, which picks one of three implementations of the same
 semantics: the Triton kernels of ``kernels/genesis_triton.py`` for CUDA tensors (float32, bfloat16,
-float16) when Triton imports, :func:`apply_genesis_reference` otherwise. ``ANATOMIX_KERNELS=triton``
-forces the kernels (a CPU tensor then needs ``TRITON_INTERPRET=1``), ``ANATOMIX_KERNELS=torch``
-(alias ``reference``) the reference.
+float16) when Triton imports; the compiled Numba kernel of ``kernels/genesis_cpu.py`` for CPU
+tensors of those dtypes when Numba imports (it derives each shuffle block's box from its drawn
+words and its permutation from a counter-based hash where it applies the block, so neither
+``params.shuffle_boxes`` nor the (N, K, V) ``params.shuffle_perm`` is built; they are materialised
+only when the reference or Triton reads them); :func:`apply_genesis_reference` otherwise.
+``ANATOMIX_KERNELS=triton`` forces the Triton kernels (a CPU tensor then needs
+``TRITON_INTERPRET=1``), ``ANATOMIX_KERNELS=numba`` the Numba kernel (CPU tensors only),
+``ANATOMIX_KERNELS=torch`` (alias ``reference``) the reference.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from __future__ import annotations
 import torch
 
 from kernels._dispatch import kernel_mode
+from kernels._dispatch import use_numba as _shared_use_numba
 from kernels._dispatch import use_triton as _shared_use_triton
 from kernels.genesis_params import (
     GenesisParams,
@@ -52,6 +58,7 @@ __all__ = [
     "interp",
     "sample_genesis_params",
     "transform_batch",
+    "use_numba",
     "use_triton",
 ]
 
@@ -203,8 +210,10 @@ def apply_genesis_reference(
     x = y.clone()
 
     # 2. local pixel shuffling, reading from the flipped (pre-shuffle) cube.
-    for n in torch.nonzero(params.do_shuffle).flatten().tolist():
-        x[n] = _shuffle_cube_reference(y[n], params.shuffle_boxes[n], params.shuffle_perm[n])
+    shuffled = torch.nonzero(params.do_shuffle).flatten().tolist()
+    perm = params.shuffle_perm if shuffled else None  # materialised (hash + sort) only if used
+    for n in shuffled:
+        x[n] = _shuffle_cube_reference(y[n], params.shuffle_boxes[n], perm[n])
 
     # 3. non-linear intensity.
     chosen = torch.nonzero(params.do_nonlinear).flatten()
@@ -241,6 +250,19 @@ def use_triton(tensor: torch.Tensor) -> bool:
     return _shared_use_triton(tensor)
 
 
+def use_numba(tensor: torch.Tensor) -> bool:
+    """Whether :func:`apply_genesis` runs the Numba CPU kernel on ``tensor``.
+
+    The shared rule of :mod:`kernels._dispatch` (``ANATOMIX_KERNELS=numba`` forces it; automatic:
+    CPU tensors when Numba imports), restricted in automatic mode to the kernel's dtypes (float32,
+    bfloat16, float16; others take the reference). Forcing it on a CUDA tensor or without Numba
+    raises ``RuntimeError``.
+    """
+    if kernel_mode() == "auto" and tensor.dtype not in _TRITON_DTYPES:
+        return False
+    return _shared_use_numba(tensor)
+
+
 def apply_genesis(
     cubes: torch.Tensor, params: GenesisParams, config: GenesisTransformConfig | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,14 +275,17 @@ def apply_genesis(
 
     Returns:
         (x, y): transformed input and target (the flipped cube), each (N, 1, H, W, D) with the
-        dtype and device of ``cubes``; both paths agree (exactly, up to float rounding of the
+        dtype and device of ``cubes``; all paths agree (exactly, up to float rounding of the
         intensity map).
     """
-    params = params.to(cubes.device)
     if use_triton(cubes):
         from kernels import genesis_triton  # imports triton: only where it is used
 
-        return genesis_triton._genesis_triton(cubes, params, config)
+        return genesis_triton._genesis_triton(cubes, params.to(cubes.device), config)
+    if use_numba(cubes):
+        from kernels import genesis_cpu  # imports numba (slow): only where it is used
+
+        return genesis_cpu.apply_genesis_cpu(cubes, params, config)
     return apply_genesis_reference(cubes, params, config)
 
 
@@ -280,6 +305,9 @@ def transform_batch(
 
     Returns:
         (x, y): transformed input and target, each (N, 1, H, W, D), values in [0, 1].
+
+    The shuffle boxes and in-block permutations are not materialised here: the Numba CPU kernel
+    derives them per block; the other paths build them on first use, on their device.
     """
     config = config or GenesisTransformConfig()
     if generator.device.type != "cpu":

@@ -50,9 +50,11 @@ from kernels.genesis import (  # same dispatch rule and dtypes as the 3D op
     use_triton,
 )
 from kernels.genesis_params import (
+    block_permutations,
     sample_nonlinear,
     sample_painting,
     sample_shuffle_blocks,
+    shuffle_block_volume,
 )
 
 __all__ = [
@@ -171,7 +173,9 @@ def sample_genesis2d_params(
 
     # 1. local pixel shuffling: sizes 1..dim//10, starts 0..dim-size, always applied.
     k = config.blocks
-    shuffle_boxes, shuffle_perm = sample_shuffle_blocks(g, dims, n, k)
+    shuffle_boxes, shuffle_seed = sample_shuffle_blocks(g, dims, n, k)
+    v_max = shuffle_block_volume(dims.tolist())
+    shuffle_perm = block_permutations(shuffle_seed, shuffle_boxes, v_max)  # hash keys, argsorted
 
     # 2. non-linear intensity.
     do_nonlinear, control, inverted = sample_nonlinear(g, n, config.nonlinear_rate)
