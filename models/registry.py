@@ -9,12 +9,14 @@ from __future__ import annotations
 from torch import nn
 
 from .ark import ArkModel
+from .peac import PEACModel
 from .unet3d import GenesisClassifier, UNet3D
 
 MODELS: dict[str, type[nn.Module]] = {
     "unet3d": UNet3D,
     "genesis_classifier": GenesisClassifier,
     "ark": ArkModel,
+    "peac": PEACModel,
 }
 
 

@@ -5,6 +5,7 @@
     python -m train.run finetune --task synthetic_nodule_seg --init genesis:runs/genesis-tiny \\
         [--config configs/genesis/finetune_tiny.yaml] [--set ...] [--run-dir ...] [--resume]
     python -m train.run pretrain --method ark --config configs/ark/tiny.yaml
+    python -m train.run pretrain --method peac --config configs/peac/tiny.yaml
     python -m train.run transfer --init ark:runs/ark-tiny --config configs/ark/transfer_tiny.yaml \
         [--mode finetune|probe]
     python -m train.run evaluate --run-dir runs/finetune-... [--split test] [--ten-crop]
@@ -25,9 +26,15 @@ from .engine import fit
 from .finetune.config import FinetuneConfig
 from .genesis.config import GenesisConfig
 from .genesis.method import GenesisMethod
+from .peac.config import PEACConfig
+from .peac.method import PEACMethod
 
-#: method name → (config class, method class); PEAC joins with its issue.
-METHODS = {"genesis": (GenesisConfig, GenesisMethod), "ark": (ArkConfig, ArkMethod)}
+#: method name → (config class, method class)
+METHODS = {
+    "genesis": (GenesisConfig, GenesisMethod),
+    "ark": (ArkConfig, ArkMethod),
+    "peac": (PEACConfig, PEACMethod),
+}
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
