@@ -31,23 +31,37 @@ from torch import nn
 PROJECTORS = ("linear", "mlp", "none")
 
 
-def _create_backbone(name: str, img_size: int, in_chans: int) -> nn.Module:
-    """``timm.create_model(name, num_classes=0)``: its ``forward`` returns the pooled ``(B, F)``."""
+def _create_backbone(
+    name: str, img_size: int, in_chans: int, global_pool: str | None = None
+) -> nn.Module:
+    """``timm.create_model(name, num_classes=0)``: its ``forward`` returns the pooled ``(B, F)``.
+
+    ``global_pool`` (e.g. ``"avg"``) overrides timm's pooling; a ViT then averages its patch
+    tokens instead of taking the class token.
+    """
     if not timm.is_model(name):
         raise ValueError(f"unknown timm model {name!r} (see timm.list_models())")
     kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0, "in_chans": in_chans}
+    if global_pool is not None:
+        kwargs["global_pool"] = global_pool
+        # ViTs would otherwise move their final norm after the pooling (``fc_norm``); keeping it
+        # on the tokens makes "avg" the mean of the normed token map, as PEAC's embedding.
+        kwargs["fc_norm"] = False
     cfg = get_pretrained_cfg(name)
     default = cfg.input_size[-1] if cfg is not None and cfg.input_size else None
     if img_size != default:
         kwargs["img_size"] = img_size
-    try:
-        return timm.create_model(name, **kwargs)
-    except TypeError as exc:
-        # Convolutional nets take any input size and have no img_size argument.
-        if "img_size" not in str(exc) or "img_size" not in kwargs:
-            raise
-        del kwargs["img_size"]
-        return timm.create_model(name, **kwargs)
+    while True:
+        try:
+            return timm.create_model(name, **kwargs)
+        except TypeError as exc:
+            # Convolutional nets take any input size and have no img_size argument; only ViTs
+            # know fc_norm.
+            dropped = [k for k in ("img_size", "fc_norm") if k in kwargs and k in str(exc)]
+            if not dropped:
+                raise
+            for k in dropped:
+                del kwargs[k]
 
 
 class ArkModel(nn.Module):
@@ -63,6 +77,8 @@ class ArkModel(nn.Module):
         projector: ``"linear"``, ``"mlp"`` (Linear, ReLU, Linear) or ``"none"``.
         head_sizes: classes per head, one head per dataset, in the configured dataset order.
         head_names: one name per head (default ``head0``, ``head1``, …).
+        global_pool: timm pooling override (``"avg"`` for a classifier on PEAC's mean-pooled
+            tokens); None keeps the backbone's default.
     """
 
     def __init__(
@@ -74,6 +90,7 @@ class ArkModel(nn.Module):
         projector: str = "linear",
         head_sizes: Sequence[int] = (),
         head_names: Sequence[str] | None = None,
+        global_pool: str | None = None,
     ) -> None:
         super().__init__()
         if projector not in PROJECTORS:
@@ -91,7 +108,8 @@ class ArkModel(nn.Module):
         self.img_size = int(img_size)
         self.in_chans = int(in_chans)
         self.projector_kind = projector
-        self.backbone = _create_backbone(backbone, self.img_size, self.in_chans)
+        self.global_pool = global_pool
+        self.backbone = _create_backbone(backbone, self.img_size, self.in_chans, global_pool)
         self.num_features = int(self.backbone.num_features)  # F, before the projector
         if projector == "none":
             self.embed_dim = self.num_features
@@ -129,7 +147,7 @@ class ArkModel(nn.Module):
             "projector": self.projector_kind,
             "head_sizes": list(self.head_sizes),
             "head_names": list(self.head_names),
-        }
+        } | ({"global_pool": self.global_pool} if self.global_pool is not None else {})
 
     def add_head(self, num_classes: int, name: str | None = None) -> int:
         """Append a freshly initialised ``Linear(embed_dim → num_classes)`` head.

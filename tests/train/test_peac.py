@@ -4,6 +4,7 @@ import json
 import math
 from contextlib import nullcontext
 
+import numpy as np
 import pytest
 import torch
 
@@ -396,3 +397,60 @@ def test_kill_and_resume_ends_with_the_same_weights(tiny_run):
         assert wa.keys() == wb.keys()
         for k in wa:  # student and teacher (checkpoint); the exported teacher (best)
             torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6, msg=k)
+
+
+@pytest.mark.slow
+def test_correspond_recovers_a_shift_after_tiny_training(tiny_run):
+    """A film and a copy shifted by whole cells: the matched cells recover the shift."""
+    from imaging.phantoms import make_chest_ct, make_radiograph
+    from models.checkpoint import load_model
+    from models.peac import correspond
+
+    _, _, full = tiny_run
+    model = load_model(full / "model.safetensors")
+    cell, size = model.cell, model.img_size
+    ct = make_chest_ct(12345, shape=(48, 64, 64))  # a patient the run never saw
+    film = np.asarray(make_radiograph(ct, size=(size + 2 * cell, size + 2 * cell)).pixels)
+    shift = (cell, 2 * cell)  # rows, cols in pixels: B shows A's content moved up-left
+    a = film[:size, :size]
+    b = film[shift[0] : shift[0] + size, shift[1] : shift[1] + size]
+    result = correspond(model, a, b)
+    g = result.grid
+    rows, cols = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
+    inside = (rows >= shift[0] // cell) & (cols >= shift[1] // cell)  # cells present in B
+    idx = np.asarray(result.index)[inside]
+    d_rows = rows[inside] - idx // g
+    d_cols = cols[inside] - idx % g
+    recovered = (np.median(d_rows) * cell, np.median(d_cols) * cell)
+    assert abs(recovered[0] - shift[0]) <= cell and abs(recovered[1] - shift[1]) <= cell
+    # and the point query agrees: a point in A lands near the same anatomy in B
+    pts = np.array([[size / 2, size / 2 + cell]], dtype=float)
+    moved, _ = result.query(pts)
+    assert np.all(np.abs(moved[0] - (pts[0] - np.array(shift))) <= cell)
+
+
+@pytest.mark.slow
+def test_peac_weights_start_a_classifier_and_a_linear_probe(tiny_run, tmp_path):
+    """init=peac: the classifier's embedding is PEAC's mean-pooled token map."""
+    from models.checkpoint import load_model
+    from train.ark.transfer import TransferConfig, linear_probe, new_task_model
+
+    _, _, full = tiny_run
+    peac = load_model(full / "model.safetensors").eval()
+    cfg = load_config(
+        TransferConfig,
+        "configs/ark/transfer_tiny.yaml",
+        [
+            f"init=peac:{full}",
+            f"size={peac.img_size}",
+            "dataset.reader={n: 24, size: [128, 128], ct_shape: [48, 64, 64], seed: 101}",
+            "data.load_size=128",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "loop.progress=false",
+        ],
+    )
+    model = new_task_model(cfg, num_classes=3).eval()
+    x = torch.rand(2, 3, peac.img_size, peac.img_size)
+    torch.testing.assert_close(model.embed(x), peac.embed(x))
+    result = linear_probe(cfg, tmp_path / "probe", split="val")
+    assert set(result["auroc"]) == {"Cardiomegaly", "Effusion", "Nodule"}

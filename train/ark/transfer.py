@@ -1,4 +1,5 @@
-"""Reuse Ark weights on a new chest X-ray task: fine-tuning with a new head, or linear probing.
+"""Reuse Ark or PEAC weights on a new chest X-ray task: fine-tuning with a new head, or linear
+probing (Ark: post-projector embedding; PEAC: mean-pooled token map).
 
 Fine-tuning follows the BenchmarkTransformers protocol Ark reports (METHODS.md §2.4): the
 pretrained backbone and projector, one new linear head, RandomResizedCrop + horizontal flip +
@@ -37,7 +38,7 @@ class TransferConfig:
 
     dataset: ArkDatasetConfig = field(default_factory=lambda: ArkDatasetConfig(name="synth_nih"))
     data: ArkDataConfig = field(default_factory=lambda: ArkDataConfig(datasets=[]))
-    init: str = "scratch"  # "scratch" or "ark:<run dir | model.safetensors>"
+    init: str = "scratch"  # "scratch", "ark:<run dir | file>" or "peac:<run dir | file>"
     model: ArkModelConfig = field(default_factory=ArkModelConfig)  # used with init=scratch
     size: int = 224
     rotate: float = 7.0
@@ -47,14 +48,36 @@ class TransferConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.01, scheduler="cosine"))
 
 
+INIT_KINDS = ("ark", "peac")
+
+
 def load_pretrained(init: str) -> ArkModel:
-    """``ark:<run dir | file>`` → the Ark model saved there (a run's best teacher)."""
+    """``ark:<run dir | file>`` → the Ark model saved there (a run's best teacher);
+    ``peac:<run dir | file>`` → PEAC's backbone as an Ark-style classifier body: no projector,
+    the embedding is the mean of the token map (what PEAC trains), no heads."""
     kind, _, where = init.partition(":")
-    if kind != "ark" or not where:
-        raise ValueError(f"init must be 'scratch' or 'ark:<run dir | .safetensors>', got {init!r}")
+    if kind not in INIT_KINDS or not where:
+        raise ValueError(
+            f"init must be 'scratch', 'ark:<run dir | .safetensors>' or "
+            f"'peac:<run dir | .safetensors>', got {init!r}"
+        )
     path = Path(where)
     path = path / "model.safetensors" if path.is_dir() else path
     model = load_model(path)
+    if kind == "peac":
+        from models.peac import PEACModel
+
+        if not isinstance(model, PEACModel):
+            raise ValueError(f"{path} holds a {type(model).__name__}, not a PEAC model")
+        body = ArkModel(
+            backbone=model.backbone_name,
+            img_size=model.img_size,
+            in_chans=model.in_chans,
+            projector="none",
+            global_pool="avg",
+        )
+        body.backbone.load_state_dict(model.backbone.state_dict(), strict=True)
+        return body
     if not isinstance(model, ArkModel):
         raise ValueError(f"{path} holds a {type(model).__name__}, not an Ark model")
     return model
