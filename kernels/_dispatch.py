@@ -89,6 +89,18 @@ def kernel_mode() -> str:
     )
 
 
+def exporting() -> bool:
+    """Whether a graph is being captured (ONNX export, ``torch.export``, TorchScript tracing,
+    ``torch.compile``): kernels are opaque there, so every op takes its reference."""
+    checks = (
+        torch.onnx.is_in_onnx_export,
+        torch.jit.is_tracing,
+        getattr(torch.compiler, "is_exporting", lambda: False),
+        getattr(torch.compiler, "is_compiling", lambda: False),
+    )
+    return any(check() for check in checks)
+
+
 def use_triton(*tensors: torch.Tensor) -> bool:
     """Whether an op called on ``tensors`` should run its Triton kernel.
 
@@ -104,8 +116,8 @@ def use_triton(*tensors: torch.Tensor) -> bool:
             the CPU and the Triton interpreter (``TRITON_INTERPRET=1``) is not enabled.
     """
     mode = kernel_mode()
-    if mode in ("torch", "numba"):
-        return False
+    if mode in ("torch", "numba") or exporting():
+        return False  # export always traces the reference, whatever is forced
     on_cuda = len(tensors) > 0 and all(t.is_cuda for t in tensors)
     if mode == "auto":
         return on_cuda and triton_available()
@@ -139,6 +151,8 @@ def use_numba(*tensors: torch.Tensor) -> bool:
             on the CPU.
     """
     mode = kernel_mode()
+    if exporting():
+        return False
     on_cpu = len(tensors) > 0 and all(t.device.type == "cpu" for t in tensors)
     if mode == "auto":
         return on_cpu and numba_available()
