@@ -387,24 +387,8 @@ def _import_ark(
         report, {k: v for k, v in state.items() if not k.startswith(heads)}
     )
     mapped.update((k, v) for k, v in state.items() if k.startswith(heads))
-    usable = _match(report, mapped, strict=strict)
-    report.model.load_state_dict(usable, strict=False)
-    report.loaded = len(usable)
-    if out is not None:
-        meta = {
-            "source": "official Foundation Ark release (jlianglab/Ark)",
-            "source_file": path.name,
-            "source_entry": entry,
-            "source_epoch": epoch,
-            "source_layout": "timm 0.5.4" if old_layout else "timm >= 0.6",
-            "import_dropped": report.dropped,
-            "import_missing": report.missing,
-            "import_mismatched": report.mismatched,
-        }
-        report.out = save_weights(
-            report.model, out, model_name="ark", model_args=args, metadata=meta
-        )
-    return report
+    source = "official Foundation Ark release (jlianglab/Ark)"
+    return _load_and_save(report, mapped, strict, out, "ark", source, old_layout)
 
 
 # --------------------------------------------------------------------------------------------
@@ -534,24 +518,8 @@ def _import_peac(
             if not torch.equal(bias, parts["head.bias"]):
                 report.mismatched.append("bias: differs from head.bias (the release ties them)")
     mapped.update(parts)
-    usable = _match(report, mapped, strict=strict)
-    report.model.load_state_dict(usable, strict=False)
-    report.loaded = len(usable)
-    if out is not None:
-        meta = {
-            "source": "official PEAC release (jlianglab/PEAC)",
-            "source_file": path.name,
-            "source_entry": entry,
-            "source_epoch": epoch,
-            "source_layout": "timm 0.5.4" if old_layout else "timm >= 0.6",
-            "import_dropped": report.dropped,
-            "import_missing": report.missing,
-            "import_mismatched": report.mismatched,
-        }
-        report.out = save_weights(
-            report.model, out, model_name="peac", model_args=args, metadata=meta
-        )
-    return report
+    source = "official PEAC release (jlianglab/PEAC)"
+    return _load_and_save(report, mapped, strict, out, "peac", source, old_layout)
 
 
 #: family name → importer ``(path, *, out, strict, model_args, entry) -> ImportReport``.
@@ -607,3 +575,25 @@ def import_official(
         model_args=dict(model_args or {}),
         entry=entry,
     )
+
+
+def _load_and_save(report, mapped, strict, out, name, source, old_layout) -> ImportReport:
+    """Load the checked tensors of a Swin-based import into ``report.model``; save when asked."""
+    usable = _match(report, mapped, strict=strict)
+    report.model.load_state_dict(usable, strict=False)
+    report.loaded = len(usable)
+    if out is not None:
+        meta = {
+            "source": source,
+            "source_file": Path(report.source).name,
+            "source_entry": report.source_entry,
+            "source_epoch": report.source_epoch,
+            "source_layout": "timm 0.5.4" if old_layout else "timm >= 0.6",
+            "import_dropped": report.dropped,
+            "import_missing": report.missing,
+            "import_mismatched": report.mismatched,
+        }
+        report.out = save_weights(
+            report.model, out, model_name=name, model_args=report.model_args, metadata=meta
+        )
+    return report
