@@ -63,6 +63,8 @@ class Method(Protocol):
     - ``ddp_kwargs``: extra ``DistributedDataParallel`` arguments (e.g.
       ``find_unused_parameters=True`` when some heads are unused in a step).
     - ``val_metrics(net, val_set, device) -> dict``: logged with each epoch's val loss.
+    - ``inference_card() -> dict``: what inference needs (task, preprocessing, labels; see
+      :mod:`train.cards`), stored in ``model.safetensors``'s metadata for ``export``.
 
     Hooks run before the checkpoint that records their step, so a resumed run neither repeats
     nor skips one.
@@ -202,6 +204,7 @@ def fit(
     phase_steps = [sum(1 for q, _ in plan if q == p) for p in range(len(phases))]
     with_ctx = getattr(method, "wants_context", False)
     export = getattr(method, "export_model", lambda m: (m, model_name, model_args))
+    has_card = hasattr(method, "inference_card")
     autocast = _autocast(loop.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=loop.amp == "fp16" and device.type == "cuda")
     metrics = _MetricsLog(run_dir / "metrics.jsonl", enabled=ddp.main)
@@ -292,12 +295,13 @@ def fit(
             prog.best_val, prog.bad_epochs = val, 0
             if ddp.main:
                 best, best_name, best_args = export(model)
+                card = {"inference": method.inference_card()} if has_card else {}
                 save_weights(
                     best,
                     run_dir / "model.safetensors",
                     model_name=best_name,
                     model_args=best_args,
-                    metadata={"epoch": str(prog.epoch), "val_loss": f"{val:.6g}"},
+                    metadata={"epoch": str(prog.epoch), "val_loss": f"{val:.6g}"} | card,
                 )
         else:
             prog.bad_epochs += 1

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from models.ark import ArkModel
 
+from ..cards import ark_card
 from ..teacher import StudentTeacher, cosine_value, unwrap
 from ..views2d import ark_views, normalize, resize_center_crop
 from .config import ArkConfig
@@ -76,6 +77,9 @@ class ArkMethod:
             cache = self.cfg.data.cache_dir or str(self.run_dir / "cache")
             self._sources = build_sources(self.cfg.data, cache, show=self.cfg.loop.progress)
         return self._sources
+
+    def inference_card(self) -> dict:
+        return ark_card(self.cfg.views.size, self.sources()["train"])
 
     def head_sizes(self) -> list[int]:
         return [s.num_classes for s in self.sources()["train"]]

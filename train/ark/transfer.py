@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from models.ark import ArkModel
 from models.checkpoint import atomic_write_bytes, load_model
 
+from ..cards import ark_card
 from ..settings import LoopConfig, OptimConfig
 from ..views2d import normalize, resize_center_crop, sample_geometry, warp
 from .config import ArkDataConfig, ArkDatasetConfig, ArkModelConfig
@@ -123,6 +124,10 @@ class TransferMethod:
 
     def datasets(self):
         return self.source("train"), self.source("val")
+
+    def inference_card(self) -> dict:
+        # The views are normalised with ImageNet statistics whatever the initialisation.
+        return ark_card(self.cfg.size, [self.source("train")])
 
     def loss(self, model, batch, generator: torch.Generator) -> torch.Tensor:
         images, target, mask, _ = batch

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from models.registry import build_model
 
+from ..cards import genesis_card
 from ..metrics import dice, iou, roc_auc, soft_dice_loss
 from .config import FinetuneConfig
 from .init import initialise
@@ -39,6 +40,15 @@ class FinetuneMethod:
 
     def datasets(self):
         return self.task.train, self.task.val
+
+    def inference_card(self) -> dict:
+        task = "segment" if self.kind == "segmentation" else "classify"
+        return genesis_card(
+            task,
+            self.task.cube_size,
+            labels={"main": ["nodule"]},  # every registered task targets lung nodules
+            threshold=self.cfg.eval.threshold,
+        )
 
     def loss(self, model, batch, generator: torch.Generator) -> torch.Tensor:
         x, y = batch

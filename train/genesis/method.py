@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from kernels.genesis import transform_batch
 from models.registry import build_model
 
+from ..cards import genesis_card
 from .config import GenesisConfig
 from .data import load_cubes
 
@@ -23,6 +24,9 @@ class GenesisMethod:
     def build_model(self):
         args = {"norm": self.cfg.model.norm}
         return build_model(self.cfg.model.name, **args), self.cfg.model.name, args
+
+    def inference_card(self) -> dict:
+        return genesis_card("restore", self.cfg.data.cube_size)
 
     def datasets(self):
         cache = Path(self.cfg.data.cache_dir) if self.cfg.data.cache_dir else self.run_dir / "cache"

@@ -36,6 +36,7 @@ import torch
 from kernels.genesis2d import genesis2d
 from models.peac import PEACModel
 
+from ..cards import peac_card
 from ..teacher import StudentTeacher, cosine_value, unwrap
 from ..views2d import normalize
 from .config import PEACConfig
@@ -113,6 +114,9 @@ class PEACMethod:
             )
         self._args = model.model_args
         return PEACPair(model), "peac", self._args
+
+    def inference_card(self) -> dict:
+        return peac_card(self.cfg.model.img_size)
 
     def export_model(self, model):
         teacher = unwrap(model).teacher
