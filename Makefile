@@ -33,9 +33,11 @@ lint: $(STAMP)  ## ruff lint and format check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-serve: $(STAMP)  ## build demo models if missing, then start bentoml on 127.0.0.1:3000
-	@if [ ! -f serve/service.py ]; then \
-	  echo "make serve: the BentoML service (serve/service.py) is not built yet; see issue #9." >&2; exit 2; fi
+serve: $(STAMP)  ## serve ./exports (ANATOMIX_MODELS) with bentoml on 127.0.0.1:3000
+	@if ! ls $${ANATOMIX_MODELS:-exports}/*/manifest.json >/dev/null 2>&1; then \
+	  echo "make serve: no exported model under $${ANATOMIX_MODELS:-exports}/ yet; endpoints answer 503" >&2; \
+	  echo "  until one is exported (python -m export.run --from RUN --out exports/NAME)." >&2; \
+	  echo "  Building demo models from synthetic data here is not done yet (issue #9)." >&2; fi
 	$(VENV)/bin/bentoml serve serve.service:AnatomixService --host 127.0.0.1 --port 3000
 
 clean:  ## remove caches (keeps .venv)

@@ -1,0 +1,102 @@
+"""The models a server holds: every export under ``ANATOMIX_MODELS`` (default ``./exports``),
+loaded by its manifest, each behind its own :class:`~serve.batching.Batcher`.
+
+Endpoints ask for a model by role (``cxr_classify``, ``embed``, ``correspond``, ``ct_segment``)
+or by id (the export's manifest name); nothing about a model is hard-coded here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.manifest import MANIFEST_NAME, Manifest, ManifestError
+from export.runtime import Runtime, load
+
+from .batching import Batcher
+from .inputs import RequestError
+
+log = logging.getLogger("anatomix.serve")
+
+#: role → (families, tasks) that can serve it, best first
+ROLES = {
+    "cxr_classify": (("ark",), ("classify",)),
+    "embed": (("ark", "peac"), ("embed", "classify", "correspond")),
+    "correspond": (("peac",), ("correspond",)),
+    "ct_segment": (("genesis",), ("segment",)),
+}
+#: modalities each input kind accepts unless the client overrides the check
+MODALITIES = {"radiograph": ("CR", "DX", "DR", "RG", "OT"), "ct": ("CT",)}
+
+
+@dataclass
+class LoadedModel:
+    """An export ready to serve."""
+
+    id: str
+    manifest: Manifest
+    runtime: Runtime
+    batcher: Batcher
+
+    def predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Batched through the shared batcher (results do not depend on batch-mates)."""
+        return self.batcher(x)
+
+    def describe(self) -> dict:
+        d = self.manifest.to_dict()
+        d.pop("config", None)  # the training config is for reproduction, not for clients
+        return {"id": self.id, "backend": self.runtime.backend} | d
+
+
+class ModelRegistry:
+    """Exports found under a directory."""
+
+    def __init__(self, models: list[LoadedModel], root: Path, problems: dict[str, str]):
+        self.models, self.root, self.problems = models, root, problems
+
+    @classmethod
+    def from_dir(cls, root: str | os.PathLike | None = None) -> ModelRegistry:
+        """Load every ``*/manifest.json`` under ``root``; broken exports are reported, skipped."""
+        root = Path(root or os.environ.get("ANATOMIX_MODELS", "exports"))
+        models, problems = [], {}
+        dirs = sorted(p.parent for p in root.glob(f"*/{MANIFEST_NAME}")) if root.is_dir() else []
+        threads = int(os.environ.get("ANATOMIX_THREADS", "0")) or None
+        for d in dirs:
+            try:
+                rt = load(d, threads=threads)
+            except (ManifestError, ValueError, OSError) as exc:
+                problems[d.name] = str(exc)
+                log.error("export %s not loaded: %s", d.name, exc)
+                continue
+            batcher = Batcher.from_env(rt.predict, rt.max_batch)
+            models.append(LoadedModel(rt.manifest.name or d.name, rt.manifest, rt, batcher))
+            log.info("loaded %s (%s/%s) on %s", d.name, rt.manifest.family, rt.manifest.task,
+                     rt.backend)  # fmt: skip
+        return cls(models, root, problems)
+
+    def get(self, role: str, model_id: str | None = None) -> LoadedModel:
+        """The model for ``role`` (or the one named ``model_id``, if it can serve the role)."""
+        families, tasks = ROLES[role]
+        fits = [
+            m for m in self.models if m.manifest.family in families and m.manifest.task in tasks
+        ]
+        fits.sort(key=lambda m: (tasks.index(m.manifest.task), families.index(m.manifest.family)))
+        if model_id is not None:
+            named = [m for m in self.models if m.id == model_id]
+            if not named:
+                raise RequestError(404, "unknown_model", f"no model {model_id!r} is loaded")
+            if named[0] not in fits:
+                raise RequestError(
+                    422, "wrong_model", f"model {model_id!r} cannot serve {role.replace('_', ' ')}"
+                )
+            return named[0]
+        if not fits:
+            raise RequestError(
+                503, "no_model",
+                f"no loaded model serves {role.replace('_', ' ')}; export one into {self.root}",
+            )  # fmt: skip
+        return fits[0]

@@ -1,0 +1,270 @@
+"""The anatomix REST service (BentoML): DICOM in, findings / masks / embeddings out.
+
+``bentoml serve serve.service:AnatomixService`` (or ``make serve``). Models are the exports under
+``ANATOMIX_MODELS`` (default ``./exports``), each described by its manifest; see
+:mod:`serve.registry`. Every client mistake is a 4xx with ``{"error": code, "detail": text}``
+(:mod:`serve.inputs`); optional API keys (``ANATOMIX_API_KEYS``, comma separated) guard ``/v1``
+while the health and metrics endpoints stay open. Logs name requests, never patients.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import re
+from pathlib import Path
+
+import bentoml
+import numpy as np
+from starlette.applications import Starlette
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from imaging.preprocess import prepare_radiograph, prepare_volume, radiograph_to_unit
+
+from .inputs import (
+    Limits,
+    RequestError,
+    Upload,
+    check_modality,
+    decode_image,
+    decode_series,
+    expand_uploads,
+)
+from .registry import MODALITIES, LoadedModel, ModelRegistry
+from .sliding import sliding_window
+
+log = logging.getLogger("anatomix.serve")
+OPEN_PATHS = ("/healthz", "/readyz", "/livez", "/metrics", "/docs", "/docs.json", "/")
+
+
+def api_keys() -> list[bytes]:
+    """Keys from ``ANATOMIX_API_KEYS`` (comma separated); empty = no authentication."""
+    return [k.strip().encode() for k in os.environ.get("ANATOMIX_API_KEYS", "").split(",") if k]
+
+
+class GuardMiddleware(BaseHTTPMiddleware):
+    """API keys (constant-time comparison) and the declared upload size, before any parsing."""
+
+    async def dispatch(self, request, call_next):
+        path = request.url.path
+        if path.startswith("/v1"):
+            keys = api_keys()
+            if keys:
+                given = request.headers.get("x-api-key", "")
+                auth = request.headers.get("authorization", "")
+                if auth.lower().startswith("bearer "):
+                    given = auth[7:].strip()
+                # compare with every key, so the time taken says nothing about which was close
+                ok = False
+                for key in keys:
+                    ok |= hmac.compare_digest(given.encode(), key)
+                if not ok:
+                    body = {"error": "unauthorized", "detail": "a valid API key is required "
+                            "(header X-API-Key or Authorization: Bearer)"}  # fmt: skip
+                    return JSONResponse(body, status_code=401)
+            limit = Limits.from_env().max_upload_bytes
+            declared = request.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > limit + (1 << 20):
+                body = {"error": "upload_too_large",
+                        "detail": f"the request is larger than {limit >> 20} MiB"}  # fmt: skip
+                return JSONResponse(body, status_code=413)
+        return await call_next(request)
+
+
+def _uploads(files: list[Path], limits: Limits) -> list[Upload]:
+    out = []
+    for p in files:
+        # BentoML stores an upload as tmp<8 random chars><the client's file name>
+        name = re.sub(r"^tmp[a-z0-9_]{8}", "", Path(p).name)[-80:] or "upload"
+        out.append(Upload(name, Path(p).read_bytes()))
+    return expand_uploads(out, limits)
+
+
+def _fail(ctx: bentoml.Context, exc: RequestError) -> dict:
+    ctx.response.status_code = exc.status
+    log.info("request refused: %s (%s)", exc.code, exc.status)
+    return exc.body()
+
+
+def _radiographs(model: LoadedModel, uploads, limits, any_modality: bool):
+    """Decode, check and preprocess radiographs for ``model`` → (batch, images)."""
+    images, units = [], []
+    for u in uploads:
+        img = decode_image(u, limits)
+        check_modality(img, MODALITIES["radiograph"], u.name, any_modality)
+        images.append((u.name, img))
+        units.append(radiograph_to_unit(img))
+    return preprocessor(model)(units), images
+
+
+_preprocessors: dict[str, object] = {}
+
+
+def preprocessor(model: LoadedModel):
+    """The model's preprocessing as ``list[(H, W) in [0, 1]] -> (N, C, S, S)``: a DALI pipeline
+    (GPU when there is one, CPU otherwise) built from the manifest, or imaging's NumPy reference
+    with ``ANATOMIX_PREPROCESS=numpy`` or where DALI is not installed."""
+    if model.id not in _preprocessors:
+        pre = model.manifest.preprocessing
+        fn = None
+        if os.environ.get("ANATOMIX_PREPROCESS", "dali") == "dali":
+            try:
+                from .preprocess import DaliPreprocessor
+
+                fn = DaliPreprocessor(pre, max_batch=max(8, model.runtime.max_batch))
+            except ImportError:
+                log.warning("DALI is not installed: preprocessing with NumPy")
+        if fn is None:
+
+            def fn(items, pre=pre):
+                return np.stack([prepare_radiograph(x, pre)[0] for x in items])
+
+        _preprocessors[model.id] = fn
+    return _preprocessors[model.id]
+
+
+def _ids(img) -> dict:
+    return {"study_uid": img.study_uid, "series_uid": img.series_uid, "sop_uid": img.sop_uid}
+
+
+_registry: ModelRegistry | None = None
+
+
+def _models_app() -> Starlette:
+    async def models(request):
+        reg = _registry or ModelRegistry([], Path("."), {})
+        return JSONResponse(
+            {"models": [m.describe() for m in reg.models], "not_loaded": reg.problems}
+        )
+
+    return Starlette(routes=[Route("/", models, methods=["GET"])])
+
+
+@bentoml.asgi_app(_models_app(), path="/v1/models")
+@bentoml.service(traffic={"timeout": 300})
+class AnatomixService:
+    """DICOM in, predictions out (see the module docstring)."""
+
+    def __init__(self) -> None:
+        global _registry
+        self.limits = Limits.from_env()
+        self.registry = ModelRegistry.from_dir()
+        _registry = self.registry
+        log.info("anatomix: %d model(s) loaded from %s", len(self.registry.models),
+                 self.registry.root)  # fmt: skip
+
+    @bentoml.api(route="/v1/cxr/classify")
+    def classify(
+        self,
+        files: list[Path],
+        allow_any_modality: bool = False,
+        model: str | None = None,
+        ctx: bentoml.Context = None,
+    ) -> dict:
+        """Chest radiographs (DICOM files or a zip of them) → probability per finding."""
+        try:
+            m = self.registry.get("cxr_classify", model)
+            x, images = _radiographs(
+                m, _uploads(files, self.limits), self.limits, allow_any_modality
+            )
+            out = m.predict(x)
+        except RequestError as exc:
+            return _fail(ctx, exc)
+        results = []
+        for i, (name, img) in enumerate(images):
+            findings = {}
+            for o in m.manifest.outputs:
+                if o.meaning == "probabilities":
+                    probs = out[o.name][i]
+                    labels = o.labels or [str(k) for k in range(len(probs))]
+                    findings[o.head or o.name] = {
+                        lab: round(float(p), 6) for lab, p in zip(labels, probs, strict=True)
+                    }
+            results.append({"file": name, **_ids(img), "findings": findings})
+        return {"model": m.id, "label_sets": list(results[0]["findings"]), "results": results}
+
+    @bentoml.api(route="/v1/embed")
+    def embed(
+        self,
+        files: list[Path],
+        allow_any_modality: bool = False,
+        model: str | None = None,
+        ctx: bentoml.Context = None,
+    ) -> dict:
+        """Radiographs → one embedding vector each (for retrieval)."""
+        try:
+            m = self.registry.get("embed", model)
+            x, images = _radiographs(
+                m, _uploads(files, self.limits), self.limits, allow_any_modality
+            )
+            emb = m.predict(x)["embedding"]
+        except RequestError as exc:
+            return _fail(ctx, exc)
+        return {
+            "model": m.id,
+            "dim": int(emb.shape[1]),
+            "results": [
+                {"file": name, **_ids(img), "embedding": [float(v) for v in emb[i]]}
+                for i, (name, img) in enumerate(images)
+            ],
+        }
+
+    @bentoml.api(route="/v1/ct/segment")
+    def segment(
+        self,
+        files: list[Path],
+        allow_any_modality: bool = False,
+        model: str | None = None,
+        ctx: bentoml.Context = None,
+    ) -> dict:
+        """A CT series (DICOM slices or one zip) → per label: voxels, volume (mL), bounding box."""
+        try:
+            m = self.registry.get("ct_segment", model)
+            uploads = _uploads(files, self.limits)
+            volume = decode_series(uploads, self.limits)
+            if not allow_any_modality and volume.modality and volume.modality != "CT":
+                raise RequestError(
+                    422, "wrong_modality",
+                    f"modality {volume.modality} is not CT; send allow_any_modality=true to run "
+                    "it anyway",
+                )  # fmt: skip
+            pre = m.manifest.preprocessing
+            x = prepare_volume(volume, pre)  # (1, X, Y, Z)
+            inf = m.manifest.inference
+            out_name = m.manifest.outputs[0].name
+            probs = sliding_window(
+                x, inf.get("roi_size", x.shape[1:]),
+                lambda b: m.predict(b)[out_name],
+                overlap=float(inf.get("overlap", 0.5)),
+                batch=m.runtime.max_batch,
+            )  # fmt: skip
+        except RequestError as exc:
+            return _fail(ctx, exc)
+        spacing = pre.spacing or volume.spacing  # (d, h, w) mm
+        voxel_ml = float(np.prod(spacing)) / 1000.0
+        threshold = float(inf.get("threshold", 0.5))
+        labels = m.manifest.outputs[0].labels or [f"class_{k}" for k in range(len(probs))]
+        result = {}
+        for k, label in enumerate(labels):
+            mask = probs[k] >= threshold  # (X, Y, Z) = (w, h, d)
+            n = int(mask.sum())
+            box = None
+            if n:
+                idx = np.argwhere(mask.transpose(2, 1, 0))  # back to (d, h, w)
+                box = {"min": idx.min(0).tolist(), "max": idx.max(0).tolist()}
+            result[label] = {"voxels": n, "volume_ml": round(n * voxel_ml, 3), "bbox_dhw": box}
+        return {
+            "model": m.id,
+            "series_uid": volume.series_uid,
+            "study_uid": volume.study_uid,
+            "shape_dhw": list(volume.voxels.shape),
+            "spacing_mm": [float(s) for s in spacing],
+            "threshold": threshold,
+            "labels": result,
+        }
+
+
+AnatomixService.add_asgi_middleware(GuardMiddleware)

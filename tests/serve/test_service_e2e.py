@@ -1,0 +1,340 @@
+"""End to end: the real ``bentoml serve`` on 127.0.0.1 and a free port, real DICOM uploads
+(pydicom's and pydicom-data's files, phantom studies), answers checked against running the
+exported model directly; every bad input is a 4xx and the server keeps answering; 16 concurrent
+requests each get their single-request answer; API keys (issue #9).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from export.bundle import ExportOptions, build_export
+from export.runtime import load
+from export.source import resolve_source
+from imaging.dicom import read_image
+from imaging.phantoms import make_chest_ct, make_radiograph
+from imaging.preprocess import prepare_radiograph, prepare_volume, radiograph_to_unit
+from imaging.series import read_series
+from imaging.writers import ct_slice_datasets, radiograph_bytes
+from serve.sliding import sliding_window
+from train.cards import ark_card, genesis_card
+
+from ..export.conftest import save_model
+
+pytestmark = pytest.mark.slow
+KEY = "test-key-0123456789"
+HEADERS = {"X-API-Key": KEY}
+PATIENT = "Zanzibar^Quixote"  # distinctive: must never appear in the server's output
+PATIENT_ID = "PID-7Q3X-ZANZIBAR"
+
+
+class _Src:
+    def __init__(self, name, labels, task="multilabel"):
+        self.name, self.label_names, self.task = name, labels, task
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bytes(name: str) -> bytes:
+    return Path(get_testdata_file(name)).read_bytes()
+
+
+def _dcm(ds) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exports")
+    w = root.parent / "w"
+    w.mkdir()
+    ark_args = {
+        "backbone": "resnet18",
+        "img_size": 64,
+        "embed_dim": 32,
+        "head_sizes": [3, 2],
+        "head_names": ["nih", "rsna"],
+    }
+    card = ark_card(
+        64,
+        [
+            _Src("nih", ["effusion", "nodule", "cardiomegaly"]),
+            _Src("rsna", ["normal", "opacity"], "multiclass"),
+        ],
+    )
+    save_model(w / "ark.safetensors", "ark", ark_args, card, seed=2)
+    seg_card = genesis_card("segment", (32, 32, 16), labels={"main": ["nodule"]})
+    save_model(w / "seg.safetensors", "unet3d", {"out_activation": None}, seg_card, seed=3)
+    for name, file in (("cxr", "ark.safetensors"), ("nodule_seg", "seg.safetensors")):
+        build_export(
+            resolve_source(w / file),
+            root / name,
+            ExportOptions(calibration_samples=3, max_batch=8),
+            log=lambda m: None,
+        )
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(exports, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("log") / "server.log"
+    env = os.environ | {
+        "ANATOMIX_MODELS": str(exports),
+        "ANATOMIX_API_KEYS": f"other-key,{KEY}",
+        "ANATOMIX_MAX_UPLOAD_MB": "16",
+        "ANATOMIX_MAX_FILES": "40",
+        "ANATOMIX_MAX_LATENCY_MS": "20",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "serve.service:AnatomixService",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            pytest.fail(f"bentoml serve exited: {log.read_text()[-3000:]}")
+        time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail(f"server did not become ready: {log.read_text()[-3000:]}")
+    yield url, log
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _post(url, path, files, data=None, headers=HEADERS, timeout=120):
+    parts = [("files", (name, content, "application/dicom")) for name, content in files]
+    return httpx.post(url + path, files=parts, data=data or {}, headers=headers, timeout=timeout)
+
+
+def _film(seed: int) -> bytes:
+    film = make_radiograph(make_chest_ct(seed, shape=(40, 96, 96)), size=(160, 140))
+    ds = pydicom.dcmread(io.BytesIO(radiograph_bytes(film.pixels, modality="CR")))
+    ds.PatientName, ds.PatientID = PATIENT, PATIENT_ID
+    return _dcm(ds)
+
+
+def _expected_cxr(exports, content: bytes) -> dict:
+    rt = load(exports / "cxr")
+    x, _ = prepare_radiograph(radiograph_to_unit(read_image(content)), rt.manifest.preprocessing)
+    return rt.predict(x[None])
+
+
+def test_classify_real_and_phantom_radiographs(server, exports):
+    url, _ = server
+    files = [
+        ("RG1_UNCR.dcm", _bytes("RG1_UNCR.dcm")),
+        ("RG3_UNCR.dcm", _bytes("RG3_UNCR.dcm")),
+        ("phantom.dcm", _film(1)),
+    ]
+    r = _post(url, "/v1/cxr/classify", files)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "cxr" and body["label_sets"] == ["nih", "rsna"]
+    for (name, content), res in zip(files, body["results"], strict=True):
+        assert res["file"] == name
+        assert res["sop_uid"] == str(pydicom.dcmread(io.BytesIO(content)).SOPInstanceUID)
+        want = _expected_cxr(exports, content)
+        got = [res["findings"]["nih"][k] for k in ("effusion", "nodule", "cardiomegaly")]
+        np.testing.assert_allclose(got, want["probs_nih"][0], atol=1e-4)
+        got = [res["findings"]["rsna"][k] for k in ("normal", "opacity")]
+        np.testing.assert_allclose(got, want["probs_rsna"][0], atol=1e-4)
+
+
+def test_embed(server, exports):
+    url, _ = server
+    r = _post(url, "/v1/embed", [("a.dcm", _bytes("RG1_UNCR.dcm"))])
+    assert r.status_code == 200, r.text
+    want = _expected_cxr(exports, _bytes("RG1_UNCR.dcm"))["embedding"][0]
+    np.testing.assert_allclose(r.json()["results"][0]["embedding"], want, atol=1e-4)
+
+
+def _series(seed: int, shape=(24, 48, 48)) -> list[bytes]:
+    ct = make_chest_ct(seed, shape=shape, findings=("nodule",))
+    out = []
+    for ds in ct_slice_datasets(ct.volume):
+        ds.PatientName, ds.PatientID = PATIENT, PATIENT_ID
+        out.append(_dcm(ds))
+    return out
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_segment_series_as_files_and_as_zip(server, exports):
+    url, _ = server
+    slices = _series(5)
+    rt = load(exports / "nodule_seg")
+    vol = read_series(slices)
+    x = prepare_volume(vol, rt.manifest.preprocessing)
+    probs = sliding_window(
+        x, rt.manifest.inference["roi_size"], lambda b: rt.predict(b)["probabilities"], overlap=0.5
+    )
+    want = int((probs[0] >= 0.5).sum())
+    as_files = _post(url, "/v1/ct/segment", [(f"s{i}.dcm", b) for i, b in enumerate(slices)])
+    as_zip = _post(
+        url,
+        "/v1/ct/segment",
+        [("study.zip", _zip({f"ct/{i}.dcm": b for i, b in enumerate(slices)}))],
+    )
+    for r in (as_files, as_zip):
+        assert r.status_code == 200, r.text
+        nodule = r.json()["labels"]["nodule"]
+        assert abs(nodule["voxels"] - want) <= max(2, want // 1000)  # threshold ties only
+        assert nodule["volume_ml"] == pytest.approx(
+            nodule["voxels"] * np.prod(vol.spacing) / 1e3, rel=1e-3
+        )
+    assert as_files.json()["labels"] == as_zip.json()["labels"]
+
+
+def _bogus_syntax() -> bytes:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = "1.2.3.4.5.6.7.8.9"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=False)
+    return buf.getvalue()
+
+
+BAD = {
+    "not_dicom": ("/v1/cxr/classify", lambda: [("x.txt", b"hello world" * 50)], 400),
+    "truncated": ("/v1/cxr/classify", lambda: [("t.dcm", _bytes("RG1_UNCR.dcm")[:300_000])], 400),
+    "no_pixel_data": (
+        "/v1/cxr/classify",
+        lambda: [("p.dcm", _bytes("ExplVR_LitEndNoMeta.dcm"))],
+        422,
+    ),
+    "unsupported_transfer_syntax": ("/v1/cxr/classify", lambda: [("u.dcm", _bogus_syntax())], 415),
+    "wrong_modality": ("/v1/cxr/classify", lambda: [("mr.dcm", _bytes("MR_small.dcm"))], 422),
+    "inconsistent_series": (
+        "/v1/ct/segment",
+        lambda: [
+            (f"{i}.dcm", b) for i, b in enumerate(_series(7)[:4] + _series(8, (24, 56, 56))[:4])
+        ],
+        422,
+    ),
+    "upload_too_large": ("/v1/cxr/classify", lambda: [("a.dcm", _bytes("RG1_UNCR.dcm"))] * 3, 413),
+    "unsafe_archive": (
+        "/v1/ct/segment",
+        lambda: [("z.zip", _zip({"ok.dcm": b"x", "../../etc/evil": b"y"}))],
+        400,
+    ),
+    "too_many_files": (
+        "/v1/ct/segment",
+        lambda: [("z.zip", _zip({f"{i}.dcm": b"x" for i in range(50)}))],
+        413,
+    ),
+}
+
+
+CODES = {"truncated": "corrupt_file"}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_a_4xx_and_the_server_keeps_serving(server, case):
+    url, _ = server
+    path, files, status = BAD[case]
+    r = _post(url, path, files())
+    assert r.status_code == status, r.text
+    assert r.json()["error"] == CODES.get(case, case) and r.json()["detail"]
+    ok = _post(url, "/v1/cxr/classify", [("g.dcm", _bytes("RG3_UNCR.dcm"))])
+    assert ok.status_code == 200
+
+
+def test_modality_override(server):
+    url, _ = server
+    r = _post(
+        url,
+        "/v1/cxr/classify",
+        [("mr.dcm", _bytes("MR_small.dcm"))],
+        data={"allow_any_modality": "true"},
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_sixteen_concurrent_requests_match_their_single_answers(server):
+    url, _ = server
+    films = [(f"f{i}.dcm", _film(20 + i)) for i in range(16)]
+    single = [_post(url, "/v1/cxr/classify", [f]).json()["results"][0] for f in films]
+
+    def one(f):
+        with httpx.Client() as client:  # one client per thread
+            parts = [("files", (f[0], f[1], "application/dicom"))]
+            return client.post(url + "/v1/cxr/classify", files=parts, headers=HEADERS, timeout=120)
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(one, films))
+    assert all(r.status_code == 200 for r in answers)
+    for r, want in zip(answers, single, strict=True):
+        got = r.json()["results"][0]["findings"]
+        for head, probs in want["findings"].items():
+            np.testing.assert_allclose(list(got[head].values()), list(probs.values()), atol=1e-5)
+
+
+def test_api_keys(server):
+    url, _ = server
+    files = [("g.dcm", _bytes("RG3_UNCR.dcm"))]
+    assert _post(url, "/v1/cxr/classify", files, headers={}).status_code == 401
+    wrong = _post(url, "/v1/cxr/classify", files, headers={"X-API-Key": "nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"] == "unauthorized"
+    bearer = {"Authorization": f"Bearer {KEY}"}
+    assert _post(url, "/v1/cxr/classify", files, headers=bearer).status_code == 200
+    assert httpx.get(url + "/healthz").status_code == 200  # health stays open
+    models = httpx.get(url + "/v1/models", headers=HEADERS, follow_redirects=True)
+    assert models.status_code == 200
+    assert {m["id"] for m in models.json()["models"]} == {"cxr", "nodule_seg"}
+    assert httpx.get(url + "/v1/models").status_code == 401
+
+
+def test_no_patient_identifier_in_the_server_output(server):
+    url, log = server
+    _post(url, "/v1/cxr/classify", [("p.dcm", _film(3))])
+    text = log.read_text(errors="replace")
+    assert "Service AnatomixService initialized" in text or "cxr" in text
+    assert PATIENT not in text and "Zanzibar" not in text and PATIENT_ID not in text
