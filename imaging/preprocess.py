@@ -409,6 +409,15 @@ def _as_chw(pixels: np.ndarray, channels: int) -> np.ndarray:
     return x
 
 
+def crop_geometry(hw: tuple[int, int], pp: Preprocessing) -> CropGeometry:
+    """The pixel mapping :func:`prepare_radiograph` applies to an ``(H, W)`` image (no pixels
+    needed: serving maps query points while DALI does the pixel work)."""
+    hw = (int(hw[0]), int(hw[1]))
+    resized = _resized_hw(hw, pp)
+    size = pp.crop if pp.crop is not None else resized[0]
+    return CropGeometry(hw, resized, center_crop_offsets(resized, size, pp.crop_offset), size)
+
+
 def prepare_radiograph(pixels: np.ndarray, pp: Preprocessing) -> tuple[np.ndarray, CropGeometry]:
     """A [0, 1] radiograph → the model input described by ``pp``, and the pixel mapping.
 
@@ -423,15 +432,13 @@ def prepare_radiograph(pixels: np.ndarray, pp: Preprocessing) -> tuple[np.ndarra
     if pp.kind != "radiograph":
         raise ValueError(f"prepare_radiograph needs kind 'radiograph', got {pp.kind!r}")
     x = _as_chw(pixels, pp.channels)
-    hw = (int(x.shape[1]), int(x.shape[2]))
-    resized = _resized_hw(hw, pp)
-    x = resize_bilinear(x, resized)
-    size = pp.crop if pp.crop is not None else resized[0]
-    top, left = center_crop_offsets(resized, size, pp.crop_offset)
+    geo = crop_geometry((x.shape[1], x.shape[2]), pp)
+    x = resize_bilinear(x, geo.resized_hw)
+    (top, left), size = geo.offset, geo.size
     x = x[:, top : top + size, left : left + size]
     if x.shape[0] != pp.channels:
         x = np.repeat(x, pp.channels, axis=0)
-    return np.ascontiguousarray(_normalise(x, pp)), CropGeometry(hw, resized, (top, left), size)
+    return np.ascontiguousarray(_normalise(x, pp)), geo
 
 
 def radiograph_to_unit(image: Image) -> np.ndarray:

@@ -22,7 +22,12 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from imaging.preprocess import prepare_radiograph, prepare_volume, radiograph_to_unit
+from imaging.preprocess import (
+    crop_geometry,
+    prepare_radiograph,
+    prepare_volume,
+    radiograph_to_unit,
+)
 
 from .inputs import (
     Limits,
@@ -126,6 +131,22 @@ def preprocessor(model: LoadedModel):
     return _preprocessors[model.id]
 
 
+def _parse_points(text: str | None) -> np.ndarray | None:
+    """``"row,col;row,col"`` → ``(N, 2)``; None when not given."""
+    if text is None or not text.strip():
+        return None
+    try:
+        pts = [[float(v) for v in item.split(",")] for item in text.split(";") if item.strip()]
+        arr = np.asarray(pts, dtype=np.float64)
+    except ValueError:
+        arr = np.zeros((0, 3))
+    if arr.ndim != 2 or arr.shape[1] != 2 or not len(arr) or not np.isfinite(arr).all():
+        raise RequestError(400, "bad_points", "points must look like 'row,col;row,col'")
+    if len(arr) > 1000:
+        raise RequestError(413, "too_many_points", "at most 1000 query points per request")
+    return arr
+
+
 def _ids(img) -> dict:
     return {"study_uid": img.study_uid, "series_uid": img.series_uid, "sop_uid": img.sop_uid}
 
@@ -210,6 +231,62 @@ class AnatomixService:
                 {"file": name, **_ids(img), "embedding": [float(v) for v in emb[i]]}
                 for i, (name, img) in enumerate(images)
             ],
+        }
+
+    @bentoml.api(route="/v1/cxr/correspond")
+    def correspond(
+        self,
+        image_a: Path,
+        image_b: Path,
+        points: str | None = None,
+        allow_any_modality: bool = False,
+        model: str | None = None,
+        ctx: bentoml.Context = None,
+    ) -> dict:
+        """Two radiographs → for each query point of A (``"row,col;row,col"`` in A's pixels; a
+        5 × 5 grid over A's model crop by default), the corresponding point of B (the centre of
+        the most similar PEAC token cell) and its cosine similarity."""
+        try:
+            m = self.registry.get("correspond", model)
+            uploads = _uploads([image_a, image_b], self.limits)
+            if len(uploads) != 2:
+                raise RequestError(400, "need_two_images", "send exactly two radiographs")
+            x, images = _radiographs(m, uploads, self.limits, allow_any_modality)
+            query = _parse_points(points)
+            tokens = m.predict(x)["tokens"]  # 2, g, g, C
+        except RequestError as exc:
+            return _fail(ctx, exc)
+        pre = m.manifest.preprocessing
+        geo = [crop_geometry(img.pixels.shape[-2:], pre) for _, img in images]
+        g = tokens.shape[1]
+        cell = geo[0].size / g
+        if query is None:
+            ticks = (np.arange(5) + 0.5) * geo[0].size / 5 - 0.5
+            grid = np.stack(np.meshgrid(ticks, ticks, indexing="ij"), -1).reshape(-1, 2)
+            query = geo[0].to_original(grid)
+        z = tokens.reshape(2, g * g, -1).astype(np.float64)
+        z /= np.linalg.norm(z, axis=-1, keepdims=True) + 1e-12
+        sim = z[0] @ z[1].T
+        cells = np.floor(geo[0].to_model(query) / cell)
+        inside = np.all((cells >= 0) & (cells < g), axis=1)
+        cells = np.clip(cells, 0, g - 1).astype(np.int64)
+        flat = cells[:, 0] * g + cells[:, 1]
+        best = sim[flat].argmax(axis=1)
+        centre = (np.stack([best // g, best % g], axis=1) + 0.5) * cell - 0.5
+        found = geo[1].to_original(centre)
+        matches = []
+        for i, p in enumerate(query):
+            ok = bool(inside[i])
+            matches.append({
+                "a": [float(p[0]), float(p[1])],
+                "b": [float(v) for v in found[i]] if ok else None,
+                "similarity": float(sim[flat[i], best[i]]) if ok else None,
+            })  # fmt: skip
+        return {
+            "model": m.id,
+            "grid": int(g),
+            "images": [{"file": name, **_ids(img)} for name, img in images],
+            "matches": matches,
         }
 
     @bentoml.api(route="/v1/ct/segment")

@@ -31,7 +31,7 @@ from imaging.preprocess import prepare_radiograph, prepare_volume, radiograph_to
 from imaging.series import read_series
 from imaging.writers import ct_slice_datasets, radiograph_bytes
 from serve.sliding import sliding_window
-from train.cards import ark_card, genesis_card
+from train.cards import ark_card, genesis_card, peac_card
 
 from ..export.conftest import save_model
 
@@ -85,7 +85,18 @@ def exports(tmp_path_factory):
     save_model(w / "ark.safetensors", "ark", ark_args, card, seed=2)
     seg_card = genesis_card("segment", (32, 32, 16), labels={"main": ["nodule"]})
     save_model(w / "seg.safetensors", "unet3d", {"out_activation": None}, seg_card, seed=3)
-    for name, file in (("cxr", "ark.safetensors"), ("nodule_seg", "seg.safetensors")):
+    peac_args = {
+        "backbone": "vit_tiny_patch16_224",
+        "img_size": 64,
+        "global_dims": [32],
+        "local_dims": [16],
+    }
+    save_model(w / "peac.safetensors", "peac", peac_args, peac_card(64), seed=4)
+    for name, file in (
+        ("cxr", "ark.safetensors"),
+        ("nodule_seg", "seg.safetensors"),
+        ("peac", "peac.safetensors"),
+    ):
         build_export(
             resolve_source(w / file),
             root / name,
@@ -328,7 +339,7 @@ def test_api_keys(server):
     assert httpx.get(url + "/healthz").status_code == 200  # health stays open
     models = httpx.get(url + "/v1/models", headers=HEADERS, follow_redirects=True)
     assert models.status_code == 200
-    assert {m["id"] for m in models.json()["models"]} == {"cxr", "nodule_seg"}
+    assert {m["id"] for m in models.json()["models"]} == {"cxr", "nodule_seg", "peac"}
     assert httpx.get(url + "/v1/models").status_code == 401
 
 
@@ -338,3 +349,41 @@ def test_no_patient_identifier_in_the_server_output(server):
     text = log.read_text(errors="replace")
     assert "Service AnatomixService initialized" in text or "cxr" in text
     assert PATIENT not in text and "Zanzibar" not in text and PATIENT_ID not in text
+
+
+def test_correspond_matches_peac_correspondence(server, exports, tmp_path):
+    from models.checkpoint import load_model
+    from models.peac import correspond
+
+    url, _ = server
+    a, b = _bytes("RG1_UNCR.dcm"), _film(9)
+    points = [[500.0, 400.0], [900.0, 1200.0], [1500.0, 900.0], [10.0, 10.0]]
+    files = [
+        ("image_a", ("a.dcm", a, "application/dicom")),
+        ("image_b", ("b.dcm", b, "application/dicom")),
+    ]
+    text = ";".join(f"{r},{c}" for r, c in points)
+    r = httpx.post(
+        url + "/v1/cxr/correspond", files=files, data={"points": text}, headers=HEADERS, timeout=120
+    )
+    assert r.status_code == 200, r.text
+    matches = r.json()["matches"]
+    model = load_model(exports.parent / "w" / "peac.safetensors").eval()
+    ua, ub = (radiograph_to_unit(read_image(x)) for x in (a, b))
+    want, sim = correspond(model, ua, ub).query(np.asarray(points))
+    for m, w, s in zip(matches, want, sim, strict=True):
+        if np.isnan(s):
+            assert m["b"] is None
+            continue
+        np.testing.assert_allclose(m["b"], w, atol=1e-6)
+        assert m["similarity"] == pytest.approx(float(s), abs=1e-3)
+    grid = httpx.post(url + "/v1/cxr/correspond", files=files, headers=HEADERS, timeout=120)
+    assert grid.status_code == 200 and len(grid.json()["matches"]) == 25
+    bad = httpx.post(
+        url + "/v1/cxr/correspond",
+        files=files,
+        data={"points": "1;2"},
+        headers=HEADERS,
+        timeout=120,
+    )
+    assert bad.status_code == 400 and bad.json()["error"] == "bad_points"
