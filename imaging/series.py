@@ -155,6 +155,7 @@ def _assemble(slices: list[_Slice]) -> Volume:
             "frame_of_reference_uid": first.image.meta.get("frame_of_reference_uid", ""),
             "ordered_by": "position" if first.position is not None else "instance_number",
             "pixel_spacing_known": first.image.spacing is not None,
+            "sop_uids": [s.image.sop_uid for s in ordered],  # slice d came from this instance
         },
     )
 

@@ -10,6 +10,8 @@ while the health and metrics endpoints stay open. Logs name requests, never pati
 from __future__ import annotations
 
 import hmac
+import importlib.metadata
+import io
 import logging
 import os
 import re
@@ -19,7 +21,7 @@ import bentoml
 import numpy as np
 from starlette.applications import Starlette
 from starlette.middleware.base import BaseHTTPMiddleware
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from imaging.preprocess import (
@@ -154,17 +156,28 @@ def _ids(img) -> dict:
 _registry: ModelRegistry | None = None
 
 
-def _models_app() -> Starlette:
+def _extra_routes() -> Starlette:
+    """Routes BentoML's typed APIs cannot express: ``GET /v1/models`` and the binary
+    ``POST /v1/ct/segment.dcm``. Mounted under ``/v1``; the typed APIs take precedence."""
+
+    async def segment_dcm(request):  # defined below the service class
+        return await _segment_dcm(request)
+
     async def models(request):
         reg = _registry or ModelRegistry([], Path("."), {})
         return JSONResponse(
             {"models": [m.describe() for m in reg.models], "not_loaded": reg.problems}
         )
 
-    return Starlette(routes=[Route("/", models, methods=["GET"])])
+    return Starlette(
+        routes=[
+            Route("/models", models, methods=["GET"]),
+            Route("/ct/segment.dcm", segment_dcm, methods=["POST"]),
+        ]
+    )
 
 
-@bentoml.asgi_app(_models_app(), path="/v1/models")
+@bentoml.asgi_app(_extra_routes(), path="/v1")
 @bentoml.service(traffic={"timeout": 300})
 class AnatomixService:
     """DICOM in, predictions out (see the module docstring)."""
@@ -297,40 +310,24 @@ class AnatomixService:
         model: str | None = None,
         ctx: bentoml.Context = None,
     ) -> dict:
-        """A CT series (DICOM slices or one zip) → per label: voxels, volume (mL), bounding box."""
+        """A CT series (DICOM slices or one zip) → per label: voxels, volume (mL), bounding box.
+        ``POST /v1/ct/segment.dcm`` returns the masks as a DICOM SEG object instead."""
         try:
-            m = self.registry.get("ct_segment", model)
-            uploads = _uploads(files, self.limits)
-            volume = decode_series(uploads, self.limits)
-            if not allow_any_modality and volume.modality and volume.modality != "CT":
-                raise RequestError(
-                    422, "wrong_modality",
-                    f"modality {volume.modality} is not CT; send allow_any_modality=true to run "
-                    "it anyway",
-                )  # fmt: skip
-            pre = m.manifest.preprocessing
-            x = prepare_volume(volume, pre)  # (1, X, Y, Z)
-            inf = m.manifest.inference
-            out_name = m.manifest.outputs[0].name
-            probs = sliding_window(
-                x, inf.get("roi_size", x.shape[1:]),
-                lambda b: m.predict(b)[out_name],
-                overlap=float(inf.get("overlap", 0.5)),
-                batch=m.runtime.max_batch,
+            m, volume, masks, labels, threshold = segment_series(
+                self.registry, _uploads(files, self.limits), self.limits, allow_any_modality,
+                model,
             )  # fmt: skip
         except RequestError as exc:
             return _fail(ctx, exc)
+        pre = m.manifest.preprocessing
         spacing = pre.spacing or volume.spacing  # (d, h, w) mm
         voxel_ml = float(np.prod(spacing)) / 1000.0
-        threshold = float(inf.get("threshold", 0.5))
-        labels = m.manifest.outputs[0].labels or [f"class_{k}" for k in range(len(probs))]
         result = {}
-        for k, label in enumerate(labels):
-            mask = probs[k] >= threshold  # (X, Y, Z) = (w, h, d)
+        for label, mask in zip(labels, masks, strict=True):
             n = int(mask.sum())
             box = None
             if n:
-                idx = np.argwhere(mask.transpose(2, 1, 0))  # back to (d, h, w)
+                idx = np.argwhere(mask)
                 box = {"min": idx.min(0).tolist(), "max": idx.max(0).tolist()}
             result[label] = {"voxels": n, "volume_ml": round(n * voxel_ml, 3), "bbox_dhw": box}
         return {
@@ -342,6 +339,77 @@ class AnatomixService:
             "threshold": threshold,
             "labels": result,
         }
+
+
+def segment_series(registry: ModelRegistry, uploads, limits, any_modality: bool, model_id):
+    """Decode a series and segment it whole → ``(model, volume, masks (L, D, H, W) bool, labels,
+    threshold)``; masks are on the model's grid (the series' own unless the manifest resamples)."""
+    m = registry.get("ct_segment", model_id)
+    volume = decode_series(uploads, limits)
+    if not any_modality and volume.modality and volume.modality != "CT":
+        raise RequestError(
+            422, "wrong_modality",
+            f"modality {volume.modality} is not CT; send allow_any_modality=true to run it anyway",
+        )  # fmt: skip
+    pre = m.manifest.preprocessing
+    x = prepare_volume(volume, pre)  # (1, X, Y, Z)
+    inf = m.manifest.inference
+    out_name = m.manifest.outputs[0].name
+    probs = sliding_window(
+        x, inf.get("roi_size", x.shape[1:]), lambda b: m.predict(b)[out_name],
+        overlap=float(inf.get("overlap", 0.5)), batch=m.runtime.max_batch,
+    )  # fmt: skip
+    threshold = float(inf.get("threshold", 0.5))
+    labels = m.manifest.outputs[0].labels or [f"class_{k}" for k in range(len(probs))]
+    masks = (probs >= threshold).transpose(0, 3, 2, 1)  # (L, X, Y, Z) → (L, D, H, W)
+    return m, volume, masks, labels, threshold
+
+
+async def _segment_dcm(request):
+    """``POST /v1/ct/segment.dcm``: like ``/v1/ct/segment``, answered with a DICOM SEG."""
+    from starlette.concurrency import run_in_threadpool
+
+    limits = Limits.from_env()
+    try:
+        form = await request.form(max_files=limits.max_files, max_fields=16)
+    except Exception:  # noqa: BLE001 - malformed multipart is the client's error
+        return JSONResponse({"error": "bad_form", "detail": "expected multipart/form-data with "
+                             "one or more 'files' parts"}, status_code=400)  # fmt: skip
+    try:
+        files = [
+            Upload(getattr(f, "filename", None) or "upload", await f.read())
+            for f in form.getlist("files") if hasattr(f, "read")
+        ]  # fmt: skip
+        any_modality = str(form.get("allow_any_modality", "false")).lower() in ("1", "true", "yes")
+        model_id = form.get("model") or None
+        body = await run_in_threadpool(_seg_sync, files, limits, any_modality, model_id)
+    except RequestError as exc:
+        log.info("request refused: %s (%s)", exc.code, exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status)
+    return Response(body, media_type="application/dicom",
+                    headers={"Content-Disposition": 'attachment; filename="seg.dcm"'})  # fmt: skip
+
+
+def _seg_sync(files, limits, any_modality, model_id) -> bytes:
+    import pydicom
+
+    from .seg import seg_bytes
+
+    uploads = expand_uploads(files, limits)
+    m, volume, masks, labels, _ = segment_series(_registry, uploads, limits, any_modality, model_id)
+    if m.manifest.preprocessing.spacing is not None:
+        raise RequestError(422, "seg_not_on_source_grid", "this model resamples the series; "
+                           "its masks cannot be stored against the source slices")  # fmt: skip
+    by_uid = {}
+    for u in uploads:
+        ds = pydicom.dcmread(io.BytesIO(u.data))
+        by_uid[str(ds.SOPInstanceUID)] = ds
+    sources = [by_uid[uid] for uid in volume.meta["sop_uids"]]
+    try:
+        version = importlib.metadata.version("anatomix")
+    except importlib.metadata.PackageNotFoundError:
+        version = "0"
+    return seg_bytes(sources, masks, labels, model_id=m.id, version=version)
 
 
 AnatomixService.add_asgi_middleware(GuardMiddleware)

@@ -337,7 +337,7 @@ def test_api_keys(server):
     bearer = {"Authorization": f"Bearer {KEY}"}
     assert _post(url, "/v1/cxr/classify", files, headers=bearer).status_code == 200
     assert httpx.get(url + "/healthz").status_code == 200  # health stays open
-    models = httpx.get(url + "/v1/models", headers=HEADERS, follow_redirects=True)
+    models = httpx.get(url + "/v1/models", headers=HEADERS)
     assert models.status_code == 200
     assert {m["id"] for m in models.json()["models"]} == {"cxr", "nodule_seg", "peac"}
     assert httpx.get(url + "/v1/models").status_code == 401
@@ -387,3 +387,27 @@ def test_correspond_matches_peac_correspondence(server, exports, tmp_path):
         timeout=120,
     )
     assert bad.status_code == 400 and bad.json()["error"] == "bad_points"
+
+
+def test_segment_as_dicom_seg_references_the_source_slices(server):
+    import highdicom as hd
+
+    url, _ = server
+    slices = _series(6)
+    files = [("study.zip", _zip({f"ct/{i}.dcm": b for i, b in enumerate(slices)}))]
+    summary = _post(url, "/v1/ct/segment", files).json()["labels"]["nodule"]
+    r = _post(url, "/v1/ct/segment.dcm", files)
+    assert r.status_code == 200, r.text[:500]
+    assert r.headers["content-type"].startswith("application/dicom")
+    seg = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(r.content)))
+    assert seg.Modality == "SEG" and seg.SegmentSequence[0].SegmentLabel == "nodule"
+    sources = {str(pydicom.dcmread(io.BytesIO(b)).SOPInstanceUID) for b in slices}
+    referenced = {
+        str(item.ReferencedSOPInstanceUID)
+        for series in seg.ReferencedSeriesSequence
+        for item in series.ReferencedInstanceSequence
+    }
+    assert referenced == sources
+    assert int(np.asarray(seg.pixel_array).astype(bool).sum()) == summary["voxels"]
+    bad = _post(url, "/v1/ct/segment.dcm", [("x.txt", b"not dicom" * 40)])
+    assert bad.status_code == 400 and bad.json()["error"] == "not_dicom"

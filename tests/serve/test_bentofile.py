@@ -1,0 +1,42 @@
+"""``bentoml build`` turns bentofile.yaml into a Bento: the service and what it imports, no
+training code, the GPU base image; and the service's import chain never reaches ``train``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_service_imports_without_train():
+    code = (
+        "import sys, serve.service; "
+        "bad = [m for m in sys.modules if m == 'train' or m.startswith('train.')]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_bentoml_build(tmp_path):
+    env = os.environ | {"BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "True"}
+    out = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", "."],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    (bento,) = (tmp_path / "home" / "bentos" / "anatomix").glob("*/bento.yaml")
+    meta = yaml.safe_load(bento.read_text())
+    assert meta["service"] == "serve.service:AnatomixService"
+    assert str(meta["docker"]["cuda_version"]).startswith("12.8")
+    routes = {r["route"] for r in meta["schema"]["routes"]}
+    assert {"/v1/cxr/classify", "/v1/embed", "/v1/ct/segment", "/v1/cxr/correspond"} <= routes
+    src = bento.parent / "src"
+    assert (src / "serve" / "service.py").is_file() and (src / "export" / "runtime.py").is_file()
+    assert not (src / "train").exists() and not (src / "tests").exists()
+    dockerfile = (bento.parent / "env" / "docker" / "Dockerfile").read_text()
+    assert "nvidia/cuda:12.8" in dockerfile
