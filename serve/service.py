@@ -401,15 +401,26 @@ def _seg_sync(files, limits, any_modality, model_id) -> bytes:
         raise RequestError(422, "seg_not_on_source_grid", "this model resamples the series; "
                            "its masks cannot be stored against the source slices")  # fmt: skip
     by_uid = {}
-    for u in uploads:
-        ds = pydicom.dcmread(io.BytesIO(u.data))
-        by_uid[str(ds.SOPInstanceUID)] = ds
-    sources = [by_uid[uid] for uid in volume.meta["sop_uids"]]
+    try:
+        for u in uploads:
+            ds = pydicom.dcmread(io.BytesIO(u.data), force=True)
+            by_uid[str(ds.SOPInstanceUID)] = ds
+        sources = [by_uid[uid] for uid in volume.meta["sop_uids"]]
+    except Exception:  # noqa: BLE001 - decoded above, so this is an unusual file layout
+        raise RequestError(
+            422, "seg_not_possible", "the series cannot be referenced slice by slice (each CT "
+            "instance needs its own SOPInstanceUID and one frame)",
+        ) from None  # fmt: skip
     try:
         version = importlib.metadata.version("anatomix")
     except importlib.metadata.PackageNotFoundError:
         version = "0"
-    return seg_bytes(sources, masks, labels, model_id=m.id, version=version)
+    try:
+        return seg_bytes(sources, masks, labels, model_id=m.id, version=version)
+    except (ValueError, TypeError, AttributeError) as exc:  # highdicom refuses the sources
+        raise RequestError(
+            422, "seg_not_possible", f"no DICOM SEG for this series: {exc}"
+        ) from None
 
 
 AnatomixService.add_asgi_middleware(GuardMiddleware)
