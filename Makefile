@@ -33,11 +33,10 @@ lint: $(STAMP)  ## ruff lint and format check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-serve: $(STAMP)  ## serve ./exports (ANATOMIX_MODELS) with bentoml on 127.0.0.1:3000
+serve: $(STAMP)  ## build demo models if ./exports has none, then bentoml on 127.0.0.1:3000
 	@if ! ls $${ANATOMIX_MODELS:-exports}/*/manifest.json >/dev/null 2>&1; then \
-	  echo "make serve: no exported model under $${ANATOMIX_MODELS:-exports}/ yet; endpoints answer 503" >&2; \
-	  echo "  until one is exported (python -m export.run --from RUN --out exports/NAME)." >&2; \
-	  echo "  Building demo models from synthetic data here is not done yet (issue #9)." >&2; fi
+	  echo "make serve: no model under $${ANATOMIX_MODELS:-exports}/: building the demo models from synthetic data (minutes)"; \
+	  $(PY) scripts/demo_models.py --exports $${ANATOMIX_MODELS:-exports} || exit 1; fi
 	$(VENV)/bin/bentoml serve serve.service:AnatomixService --host 127.0.0.1 --port 3000
 
 clean:  ## remove caches (keeps .venv)
