@@ -7,7 +7,7 @@ EXTRAS ?= dev
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: help install test test-fast lint serve clean
+.PHONY: help install lock test test-fast lint serve clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -16,8 +16,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install anatomix with its test dependencies
@@ -38,6 +38,13 @@ serve: $(STAMP)  ## build demo models if ./exports has none, then bentoml on 127
 	  echo "make serve: no model under $${ANATOMIX_MODELS:-exports}/: building the demo models from synthetic data (minutes)"; \
 	  $(PY) scripts/demo_models.py --exports $${ANATOMIX_MODELS:-exports} || exit 1; fi
 	$(VENV)/bin/bentoml serve serve.service:AnatomixService --host 127.0.0.1 --port 3000
+
+lock:  ## re-resolve pyproject's [dev] dependencies in a clean venv into constraints.txt
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet -e '.[dev]'
+	{ sed -n '1,2p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf .lock-venv
 
 clean:  ## remove caches (keeps .venv)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

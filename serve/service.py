@@ -15,6 +15,7 @@ import io
 import logging
 import os
 import re
+import threading
 from pathlib import Path
 
 import bentoml
@@ -42,6 +43,7 @@ from .inputs import (
 )
 from .registry import MODALITIES, LoadedModel, ModelRegistry
 from .sliding import sliding_window
+from .timing import StageTimer
 
 log = logging.getLogger("anatomix.serve")
 OPEN_PATHS = ("/healthz", "/readyz", "/livez", "/metrics", "/docs", "/docs.json", "/")
@@ -96,41 +98,66 @@ def _fail(ctx: bentoml.Context, exc: RequestError) -> dict:
     return exc.body()
 
 
-def _radiographs(model: LoadedModel, uploads, limits, any_modality: bool):
+def _radiographs(model: LoadedModel, uploads, limits, any_modality: bool, timer: StageTimer):
     """Decode, check and preprocess radiographs for ``model`` → (batch, images)."""
     images, units = [], []
-    for u in uploads:
-        img = decode_image(u, limits)
-        check_modality(img, MODALITIES["radiograph"], u.name, any_modality)
-        images.append((u.name, img))
-        units.append(radiograph_to_unit(img))
-    return preprocessor(model)(units), images
+    with timer.stage("decode"):
+        for u in uploads:
+            img = decode_image(u, limits)
+            check_modality(img, MODALITIES["radiograph"], u.name, any_modality)
+            images.append((u.name, img))
+            units.append(radiograph_to_unit(img))
+    with timer.stage("preprocess"):
+        return preprocessor(model)(units), images
+
+
+def _run_radiographs(registry, role, files, limits, any_modality, model_id, timer, pair=False):
+    """The shared body of the radiograph endpoints: pick the model, decode and preprocess the
+    uploads (exactly two with ``pair``), run the model → ``(model, images, outputs)``.
+    Raises :class:`RequestError`."""
+    m = registry.get(role, model_id)
+    with timer.stage("decode"):
+        uploads = _uploads(files, limits)
+    if pair and len(uploads) != 2:
+        raise RequestError(400, "need_two_images", "send exactly two radiographs")
+    x, images = _radiographs(m, uploads, limits, any_modality, timer)
+    with timer.stage("infer"):
+        out = m.predict(x)
+    return m, images, out
+
+
+def _answer(ctx: bentoml.Context, timer: StageTimer) -> None:
+    ctx.response.headers["Server-Timing"] = timer.header()
 
 
 _preprocessors: dict[str, object] = {}
+_preprocessors_lock = threading.Lock()
 
 
 def preprocessor(model: LoadedModel):
     """The model's preprocessing as ``list[(H, W) in [0, 1]] -> (N, C, S, S)``: a DALI pipeline
     (GPU when there is one, CPU otherwise) built from the manifest, or imaging's NumPy reference
     with ``ANATOMIX_PREPROCESS=numpy`` or where DALI is not installed."""
-    if model.id not in _preprocessors:
-        pre = model.manifest.preprocessing
-        fn = None
-        if os.environ.get("ANATOMIX_PREPROCESS", "dali") == "dali":
-            try:
-                from .preprocess import DaliPreprocessor
+    with _preprocessors_lock:  # concurrent first requests must not build two pipelines
+        if model.id not in _preprocessors:
+            _preprocessors[model.id] = _build_preprocessor(model)
+        return _preprocessors[model.id]
 
-                fn = DaliPreprocessor(pre, max_batch=max(8, model.runtime.max_batch))
-            except ImportError:
-                log.warning("DALI is not installed: preprocessing with NumPy")
-        if fn is None:
 
-            def fn(items, pre=pre):
-                return np.stack([prepare_radiograph(x, pre)[0] for x in items])
+def _build_preprocessor(model: LoadedModel):
+    pre = model.manifest.preprocessing
+    if os.environ.get("ANATOMIX_PREPROCESS", "dali") == "dali":
+        try:
+            from .preprocess import DaliPreprocessor
 
-        _preprocessors[model.id] = fn
-    return _preprocessors[model.id]
+            return DaliPreprocessor(pre, max_batch=max(8, model.runtime.max_batch))
+        except ImportError:
+            log.warning("DALI is not installed: preprocessing with NumPy")
+
+    def numpy_reference(items):
+        return np.stack([prepare_radiograph(x, pre)[0] for x in items])
+
+    return numpy_reference
 
 
 def _parse_points(text: str | None) -> np.ndarray | None:
@@ -177,8 +204,13 @@ def _extra_routes() -> Starlette:
     )
 
 
+#: concurrent requests handled at once (BentoML runs sync APIs on 1 thread unless told otherwise,
+#: which would leave the batcher nothing to batch); each decodes its own upload
+API_THREADS = int(os.environ.get("ANATOMIX_API_THREADS", "8"))
+
+
 @bentoml.asgi_app(_extra_routes(), path="/v1")
-@bentoml.service(traffic={"timeout": 300})
+@bentoml.service(traffic={"timeout": 300}, threads=API_THREADS)
 class AnatomixService:
     """DICOM in, predictions out (see the module docstring)."""
 
@@ -199,14 +231,14 @@ class AnatomixService:
         ctx: bentoml.Context = None,
     ) -> dict:
         """Chest radiographs (DICOM files or a zip of them) → probability per finding."""
+        timer = StageTimer()
         try:
-            m = self.registry.get("cxr_classify", model)
-            x, images = _radiographs(
-                m, _uploads(files, self.limits), self.limits, allow_any_modality
+            m, images, out = _run_radiographs(
+                self.registry, "cxr_classify", files, self.limits, allow_any_modality, model, timer
             )
-            out = m.predict(x)
         except RequestError as exc:
             return _fail(ctx, exc)
+        _answer(ctx, timer)
         results = []
         for i, (name, img) in enumerate(images):
             findings = {}
@@ -229,14 +261,15 @@ class AnatomixService:
         ctx: bentoml.Context = None,
     ) -> dict:
         """Radiographs → one embedding vector each (for retrieval)."""
+        timer = StageTimer()
         try:
-            m = self.registry.get("embed", model)
-            x, images = _radiographs(
-                m, _uploads(files, self.limits), self.limits, allow_any_modality
+            m, images, out = _run_radiographs(
+                self.registry, "embed", files, self.limits, allow_any_modality, model, timer
             )
-            emb = m.predict(x)["embedding"]
         except RequestError as exc:
             return _fail(ctx, exc)
+        _answer(ctx, timer)
+        emb = out["embedding"]
         return {
             "model": m.id,
             "dim": int(emb.shape[1]),
@@ -259,16 +292,17 @@ class AnatomixService:
         """Two radiographs → for each query point of A (``"row,col;row,col"`` in A's pixels; a
         5 × 5 grid over A's model crop by default), the corresponding point of B (the centre of
         the most similar PEAC token cell) and its cosine similarity."""
+        timer = StageTimer()
         try:
-            m = self.registry.get("correspond", model)
-            uploads = _uploads([image_a, image_b], self.limits)
-            if len(uploads) != 2:
-                raise RequestError(400, "need_two_images", "send exactly two radiographs")
-            x, images = _radiographs(m, uploads, self.limits, allow_any_modality)
             query = _parse_points(points)
-            tokens = m.predict(x)["tokens"]  # 2, g, g, C
+            m, images, out = _run_radiographs(
+                self.registry, "correspond", [image_a, image_b], self.limits,
+                allow_any_modality, model, timer, pair=True,
+            )  # fmt: skip
         except RequestError as exc:
             return _fail(ctx, exc)
+        _answer(ctx, timer)
+        tokens = out["tokens"]  # 2, g, g, C
         pre = m.manifest.preprocessing
         geo = [crop_geometry(img.pixels.shape[-2:], pre) for _, img in images]
         g = tokens.shape[1]
@@ -312,13 +346,16 @@ class AnatomixService:
     ) -> dict:
         """A CT series (DICOM slices or one zip) → per label: voxels, volume (mL), bounding box.
         ``POST /v1/ct/segment.dcm`` returns the masks as a DICOM SEG object instead."""
+        timer = StageTimer()
         try:
+            with timer.stage("decode"):
+                uploads = _uploads(files, self.limits)
             m, volume, masks, labels, threshold = segment_series(
-                self.registry, _uploads(files, self.limits), self.limits, allow_any_modality,
-                model,
-            )  # fmt: skip
+                self.registry, uploads, self.limits, allow_any_modality, model, timer
+            )
         except RequestError as exc:
             return _fail(ctx, exc)
+        _answer(ctx, timer)
         pre = m.manifest.preprocessing
         spacing = pre.spacing or volume.spacing  # (d, h, w) mm
         voxel_ml = float(np.prod(spacing)) / 1000.0
@@ -341,24 +378,30 @@ class AnatomixService:
         }
 
 
-def segment_series(registry: ModelRegistry, uploads, limits, any_modality: bool, model_id):
+def segment_series(
+    registry: ModelRegistry, uploads, limits, any_modality: bool, model_id, timer=None
+):
     """Decode a series and segment it whole → ``(model, volume, masks (L, D, H, W) bool, labels,
     threshold)``; masks are on the model's grid (the series' own unless the manifest resamples)."""
+    timer = timer or StageTimer()
     m = registry.get("ct_segment", model_id)
-    volume = decode_series(uploads, limits)
+    with timer.stage("decode"):
+        volume = decode_series(uploads, limits)
     if not any_modality and volume.modality and volume.modality != "CT":
         raise RequestError(
             422, "wrong_modality",
             f"modality {volume.modality} is not CT; send allow_any_modality=true to run it anyway",
         )  # fmt: skip
     pre = m.manifest.preprocessing
-    x = prepare_volume(volume, pre)  # (1, X, Y, Z)
+    with timer.stage("preprocess"):
+        x = prepare_volume(volume, pre)  # (1, X, Y, Z)
     inf = m.manifest.inference
     out_name = m.manifest.outputs[0].name
-    probs = sliding_window(
-        x, inf.get("roi_size", x.shape[1:]), lambda b: m.predict(b)[out_name],
-        overlap=float(inf.get("overlap", 0.5)), batch=m.runtime.max_batch,
-    )  # fmt: skip
+    with timer.stage("infer"):
+        probs = sliding_window(
+            x, inf.get("roi_size", x.shape[1:]), lambda b: m.predict(b)[out_name],
+            overlap=float(inf.get("overlap", 0.5)), batch=m.runtime.max_batch,
+        )  # fmt: skip
     threshold = float(inf.get("threshold", 0.5))
     labels = m.manifest.outputs[0].labels or [f"class_{k}" for k in range(len(probs))]
     masks = (probs >= threshold).transpose(0, 3, 2, 1)  # (L, X, Y, Z) → (L, D, H, W)

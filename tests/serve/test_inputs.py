@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import zipfile
 
 import numpy as np
 import pydicom
@@ -21,20 +20,10 @@ from serve.inputs import (
     expand_uploads,
 )
 
+from .conftest import dicom_bytes as _bytes
+from .conftest import zip_bytes as _zip
+
 LIMITS = Limits()
-
-
-def _bytes(name: str) -> bytes:
-    with open(get_testdata_file(name), "rb") as f:
-        return f.read()
-
-
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 def _code(fn, *args):

@@ -7,14 +7,7 @@ requests each get their single-request answer; API keys (issue #9).
 from __future__ import annotations
 
 import io
-import os
-import socket
-import subprocess
-import sys
-import time
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -22,39 +15,24 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from export.bundle import ExportOptions, build_export
 from export.runtime import load
-from export.source import resolve_source
 from imaging.dicom import read_image
 from imaging.phantoms import make_chest_ct, make_radiograph
 from imaging.preprocess import prepare_radiograph, prepare_volume, radiograph_to_unit
 from imaging.series import read_series
 from imaging.writers import ct_slice_datasets, radiograph_bytes
+from serve import launch
 from serve.sliding import sliding_window
-from train.cards import ark_card, genesis_card, peac_card
+from serve.timing import parse_server_timing
 
-from ..export.conftest import save_model
+from .conftest import dicom_bytes as _bytes
+from .conftest import zip_bytes as _zip
 
 pytestmark = pytest.mark.slow
 KEY = "test-key-0123456789"
 HEADERS = {"X-API-Key": KEY}
 PATIENT = "Zanzibar^Quixote"  # distinctive: must never appear in the server's output
 PATIENT_ID = "PID-7Q3X-ZANZIBAR"
-
-
-class _Src:
-    def __init__(self, name, labels, task="multilabel"):
-        self.name, self.label_names, self.task = name, labels, task
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _bytes(name: str) -> bytes:
-    return Path(get_testdata_file(name)).read_bytes()
 
 
 def _dcm(ds) -> bytes:
@@ -64,95 +42,20 @@ def _dcm(ds) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    root = tmp_path_factory.mktemp("exports")
-    w = root.parent / "w"
-    w.mkdir()
-    ark_args = {
-        "backbone": "resnet18",
-        "img_size": 64,
-        "embed_dim": 32,
-        "head_sizes": [3, 2],
-        "head_names": ["nih", "rsna"],
-    }
-    card = ark_card(
-        64,
-        [
-            _Src("nih", ["effusion", "nodule", "cardiomegaly"]),
-            _Src("rsna", ["normal", "opacity"], "multiclass"),
-        ],
-    )
-    save_model(w / "ark.safetensors", "ark", ark_args, card, seed=2)
-    seg_card = genesis_card("segment", (32, 32, 16), labels={"main": ["nodule"]})
-    save_model(w / "seg.safetensors", "unet3d", {"out_activation": None}, seg_card, seed=3)
-    peac_args = {
-        "backbone": "vit_tiny_patch16_224",
-        "img_size": 64,
-        "global_dims": [32],
-        "local_dims": [16],
-    }
-    save_model(w / "peac.safetensors", "peac", peac_args, peac_card(64), seed=4)
-    for name, file in (
-        ("cxr", "ark.safetensors"),
-        ("nodule_seg", "seg.safetensors"),
-        ("peac", "peac.safetensors"),
-    ):
-        build_export(
-            resolve_source(w / file),
-            root / name,
-            ExportOptions(calibration_samples=3, max_batch=8),
-            log=lambda m: None,
-        )
-    return root
-
-
-@pytest.fixture(scope="module")
 def server(exports, tmp_path_factory):
-    port = _free_port()
     log = tmp_path_factory.mktemp("log") / "server.log"
-    env = os.environ | {
-        "ANATOMIX_MODELS": str(exports),
+    env = {
         "ANATOMIX_API_KEYS": f"other-key,{KEY}",
         "ANATOMIX_MAX_UPLOAD_MB": "16",
         "ANATOMIX_MAX_FILES": "40",
         "ANATOMIX_MAX_LATENCY_MS": "20",
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        "serve.service:AnatomixService",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parents[2],
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            pytest.fail(f"bentoml serve exited: {log.read_text()[-3000:]}")
-        time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail(f"server did not become ready: {log.read_text()[-3000:]}")
-    yield url, log
-    proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        srv = launch.start(exports, log, env=env)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield srv.url, log
+    srv.stop()
 
 
 def _post(url, path, files, data=None, headers=HEADERS, timeout=120):
@@ -184,6 +87,10 @@ def test_classify_real_and_phantom_radiographs(server, exports):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == "cxr" and body["label_sets"] == ["nih", "rsna"]
+    # where the request's time went, for clients and bench.serve (W3C Server-Timing)
+    stages = parse_server_timing(r.headers["server-timing"])
+    assert set(stages) == {"decode", "preprocess", "infer"}
+    assert all(v >= 0 for v in stages.values()) and stages["decode"] > 0
     for (name, content), res in zip(files, body["results"], strict=True):
         assert res["file"] == name
         assert res["sop_uid"] == str(pydicom.dcmread(io.BytesIO(content)).SOPInstanceUID)
@@ -211,14 +118,6 @@ def _series(seed: int, shape=(24, 48, 48)) -> list[bytes]:
     return out
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
 def test_segment_series_as_files_and_as_zip(server, exports):
     url, _ = server
     slices = _series(5)
@@ -243,6 +142,11 @@ def test_segment_series_as_files_and_as_zip(server, exports):
             nodule["voxels"] * np.prod(vol.spacing) / 1e3, rel=1e-3
         )
     assert as_files.json()["labels"] == as_zip.json()["labels"]
+    assert set(parse_server_timing(as_zip.headers["server-timing"])) == {
+        "decode",
+        "preprocess",
+        "infer",
+    }
 
 
 def _bogus_syntax() -> bytes:
