@@ -8,15 +8,19 @@ no error message carries a patient identifier (only technical attributes are nam
 
 from __future__ import annotations
 
+import io
 import warnings
+import zlib
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import parse_basic_offsets, parse_fragments
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.uid import (
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -66,12 +70,13 @@ def read_image(
     if color not in COLOR_POLICIES:
         raise ValueError(f"color must be one of {COLOR_POLICIES}, not {color!r}")
     # Stored samples take at most 4 bytes and 3 per pixel; 16 MiB more for the header.
-    stream = open_source(source, max_bytes=max_pixels * 12 + (16 << 20))
+    max_bytes = max_pixels * 12 + (16 << 20)
+    stream = open_source(source, max_bytes=max_bytes)
     # pydicom warns with attribute values quoted (maybe identifiers): they stay silent here.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            ds, truncated = parse_dataset(stream)
+            ds, truncated = parse_dataset(stream, max_bytes=max_bytes)
             return decode_dataset(ds, truncated=truncated, max_pixels=max_pixels, color=color)
         except (ImagingError, KeyboardInterrupt, SystemExit):
             raise
@@ -87,12 +92,15 @@ def read_image(
                 stream.close()
 
 
-def parse_dataset(stream) -> tuple[Dataset, bool]:
+def parse_dataset(stream, *, max_bytes: int | None = None) -> tuple[Dataset, bool]:
     """Parse DICOM from ``stream``; returns the dataset and whether the file ended early.
 
     Files without the preamble/``DICM`` prefix (legal in older software) are re-read with
-    ``force=True`` and accepted only if they start with a group-0008 element.
+    ``force=True`` and accepted only if they start with a group-0008 element. A deflated dataset
+    inflating past ``max_bytes`` raises :class:`ImageTooLargeError` (as gzip input does).
     """
+    if max_bytes is not None:
+        _check_inflated_size(stream, max_bytes)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -109,6 +117,51 @@ def parse_dataset(stream) -> tuple[Dataset, bool]:
             ) from None
     truncated = any("end of file" in str(w.message).lower() for w in caught)
     return ds, truncated
+
+
+def _check_inflated_size(stream, max_bytes: int) -> None:
+    """Inflate a deflated dataset once, keeping nothing, to refuse a deflate bomb.
+
+    pydicom inflates the whole dataset in one call with no limit: a few MB of deflated zeros
+    would take GBs. Damaged meta or deflate data is left for the real parse to report.
+    """
+    start = stream.tell()
+    try:
+        if pydicom.filereader.read_preamble(stream, True) is None or not _deflated_meta(stream):
+            return
+        inflater, size = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        while (chunk := stream.read(1 << 20)) and not inflater.eof:
+            while chunk and size <= max_bytes:
+                size += len(inflater.decompress(chunk, 16 << 20))
+                chunk = inflater.unconsumed_tail
+            if size > max_bytes:
+                raise ImageTooLargeError(
+                    f"the deflated dataset inflates past the limit of {max_bytes} bytes"
+                )
+    except ImagingError:
+        raise
+    except Exception:
+        return
+    finally:
+        stream.seek(start)
+
+
+def _deflated_meta(stream) -> bool:
+    """Whether the file meta at ``stream`` names the deflated transfer syntax; if so, ``stream``
+    is left at the dataset. Read explicit VR, else implicit VR, as pydicom reads it."""
+    meta_start = stream.tell()
+    for implicit in (False, True):
+        stream.seek(meta_start)
+        try:
+            meta = pydicom.filereader.read_dataset(
+                stream, implicit, True, stop_when=lambda tag, vr, length: tag.group != 0x0002
+            )
+            tsyntax = meta.get("TransferSyntaxUID")
+        except Exception:
+            continue
+        if tsyntax is not None:
+            return tsyntax == DeflatedExplicitVRLittleEndian
+    return False
 
 
 def _parse_forced(stream) -> Dataset:
@@ -156,6 +209,8 @@ def decode_dataset(
             f"colour image ({photometric}) refused: only grayscale images are accepted"
         )
     tsyntax = _ensure_transfer_syntax(ds)
+    if tsyntax.is_encapsulated and "PixelData" in ds:
+        _check_fragments(ds, geom["frames"])
     arr = _decode_pixels(ds, tsyntax)
 
     window_center, window_width = _window(ds)
@@ -265,6 +320,25 @@ def _ensure_transfer_syntax(ds: Dataset) -> UID:
     return tsyntax
 
 
+def _check_fragments(ds: Dataset, frames: int) -> None:
+    """Every frame of encapsulated pixel data takes at least one fragment (PS3.5 A.4).
+
+    Checked before decoding because pydicom allocates the output for all declared frames first:
+    a few kB declaring 65536 frames would otherwise cost hundreds of MB before failing.
+    """
+    try:
+        buffer = io.BytesIO(ds.PixelData)
+        parse_basic_offsets(buffer)
+        fragments, _ = parse_fragments(buffer)
+    except Exception:
+        raise CorruptFileError("the encapsulated pixel data items cannot be parsed") from None
+    if fragments < frames:
+        raise CorruptFileError(
+            f"NumberOfFrames is {frames} but the encapsulated pixel data holds {fragments} "
+            "fragments: the file is truncated or corrupt"
+        )
+
+
 def _decoder(tsyntax: UID):
     try:
         return pydicom.pixels.get_decoder(tsyntax)
@@ -346,7 +420,10 @@ def _sop_class_name(ds: Dataset) -> str:
     uid = ds.get("SOPClassUID")
     if not uid:
         return "unknown"
-    return UID(str(uid)).name or str(uid)
+    uid = UID(str(uid))
+    if not uid.is_valid:  # a damaged length can make it swallow its neighbours, identifiers too
+        return "invalid"
+    return uid.name or str(uid)
 
 
 def _floats(value) -> list[float] | None:
