@@ -22,12 +22,14 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 
 install: $(STAMP)  ## create .venv and install anatomix with its test dependencies
 
-test: $(STAMP)  ## run the whole suite (slow tests included), then the Triton-interpreter tests
+test: $(STAMP)  ## the whole suite (slow tests included), the Triton-interpreter tests, the README check
 	$(PY) -m pytest -q
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/triton
+	$(PY) scripts/check_docs.py
 
-test-fast: $(STAMP)  ## run the suite without tests marked slow
+test-fast: $(STAMP)  ## run the suite without tests marked slow; parse-check the README
 	$(PY) -m pytest -q -m "not slow"
+	$(PY) scripts/check_docs.py --only-parse
 
 lint: $(STAMP)  ## ruff lint and format check
 	$(PY) -m ruff check .

@@ -315,3 +315,33 @@ def test_segment_as_dicom_seg_references_the_source_slices(server):
     assert int(np.asarray(seg.pixel_array).astype(bool).sum()) == summary["voxels"]
     bad = _post(url, "/v1/ct/segment.dcm", [("x.txt", b"not dicom" * 40)])
     assert bad.status_code == 400 and bad.json()["error"] == "not_dicom"
+
+
+def test_fuzzed_uploads_get_only_2xx_or_4xx(server):
+    """Mutated real DICOM files (imaging.fuzz, seeded) to every DICOM endpoint: never a 5xx, no
+    identifier of the corpus in an answer, and the server answers a good request afterwards."""
+    from imaging.fuzz import corpus_identifiers, make_case, make_series_case
+
+    url, _ = server
+    secrets = [s for s in corpus_identifiers() if len(s) >= 4]
+    seen = {}
+    with httpx.Client(timeout=120, headers=HEADERS) as client:
+        for i in range(60):
+            case = make_case(11, i)
+            route = ("/v1/cxr/classify", "/v1/embed")[i % 2]
+            files = [("files", (f"f{i}.dcm", case.data, "application/dicom"))]
+            r = client.post(url + route, files=files, data={"allow_any_modality": "true"})
+            assert r.status_code < 500, (i, case.origin, case.mutators, r.text[:300])
+            assert not any(s in r.text for s in secrets), (i, case.origin, case.mutators)
+            seen[r.status_code] = seen.get(r.status_code, 0) + 1
+        for i in range(8):
+            case = make_series_case(11, i)
+            files = [("files", (f"s{k}.dcm", b, "application/dicom"))
+                     for k, b in enumerate(case.data)]  # fmt: skip
+            for route in ("/v1/ct/segment", "/v1/ct/segment.dcm"):
+                r = client.post(url + route, files=files)
+                assert r.status_code < 500, (i, route, case.mutators, r.text[:300])
+                seen[r.status_code] = seen.get(r.status_code, 0) + 1
+    assert len(seen) >= 2 and any(400 <= c < 500 for c in seen), seen  # the damage was seen
+    ok = _post(url, "/v1/cxr/classify", [("g.dcm", _bytes("RG3_UNCR.dcm"))])
+    assert ok.status_code == 200

@@ -58,3 +58,22 @@ def test_round_trip_through_yaml(tmp_path):
 def test_bad_overrides_are_refused(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config(Outer, None, [override])
+
+
+def test_base_file_is_merged_under_the_preset(tmp_path):
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "tiny.yaml").write_text(
+        "inner:\n  lr: 2\n  subsets: [1, 2, 3]\n  root: /data\nepochs: 5\n"
+    )
+    smoke = tmp_path / "smoke.yaml"
+    smoke.write_text("base: presets/tiny.yaml\ninner:\n  subsets: [7]\nepochs: 1\n")
+    cfg = load_config(Outer, smoke, ["inner.lr=0.5"])
+    # section by section: lr and root come from the base, the list is replaced, not appended
+    assert cfg.inner == Inner(lr=0.5, subsets=[7], root="/data") and cfg.epochs == 1
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(Outer, tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml not found"):
+        load_config(Outer, tmp_path / "c.yaml")

@@ -46,6 +46,16 @@ def _losses(run: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in map(json.loads, lines) if "loss" in r]
 
 
+def assert_same_losses(run: Path, full: Path) -> None:
+    """Every step logged once, with the uninterrupted run's loss (to float32 rounding: the killed
+    launches are separate processes, and the suite's earlier tests may leave this one's math
+    library in another state, which moves the last bits of a reduction)."""
+    got, want = _losses(run), _losses(full)
+    assert [s for s, _ in got] == [s for s, _ in want]
+    for (step, a), (_, b) in zip(got, want, strict=True):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-7), step
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An uninterrupted run and the cube cache every test shares."""
@@ -92,7 +102,7 @@ def test_kills_inside_checkpoint_writes_resume_to_the_same_weights(reference, tm
     assert _fit_one_thread(run, cache, resume=True).finished  # the resume, in this process
     assert_same_weights(latest_weights(full), latest_weights(run))
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_00000005", "step_00000006"]
-    assert _losses(run) == _losses(full)  # every step logged once, with the same loss
+    assert_same_losses(run, full)
 
 
 def _inode(path: Path) -> int | None:
@@ -171,7 +181,7 @@ def test_random_sigkills_resume_to_the_same_weights(reference, tmp_path):
         assert proc.returncode == KILLED, err.decode()[-3000:]
     assert _fit_one_thread(run, cache, resume=True).finished  # the last resume, in this process
     assert_same_weights(latest_weights(full), latest_weights(run))
-    assert _losses(run) == _losses(full)
+    assert_same_losses(run, full)
 
 
 # --------------------------------------------------------------------------------------------
