@@ -112,11 +112,19 @@ async def _soak(server: launch.Server, mix, clients: int, seconds: float, sample
 def _window(records, lo: float, hi: float) -> dict:
     out = {}
     for route in sorted({r[2] for r in records}):
-        lat = sorted(r[1] * 1000 for r in records if r[2] == route and lo <= r[0] < hi and r[4])
+        lat = sorted(
+            r[1] * 1000 for r in records if r[2] == route and lo <= r[0] < hi and r[3] == 200
+        )  # fmt: skip  (the malformed uploads' fast 4xx left out)
         if lat:
             out[route] = {"n": len(lat), "p50_ms": statistics.median(lat),
                           "p99_ms": lat[max(0, int(np.ceil(0.99 * len(lat))) - 1)]}  # fmt: skip
     return out
+
+
+def _half_change(samples) -> float:
+    """Resident memory at the end minus at the middle of the run: ~0 once it has plateaued."""
+    mid = samples[len(samples) // 2][1]
+    return float(samples[-1][1] - mid)
 
 
 def summarise(records, samples, seconds: float) -> dict:
@@ -133,6 +141,7 @@ def summarise(records, samples, seconds: float) -> dict:
         "rss_mb_end": float(m[-1]),
         "rss_mb_max": float(max(s[1] for s in samples)),
         "rss_growth_mb_per_10min": slope * 600.0,
+        "rss_mb_change_second_half": _half_change(samples),
         "first_minute": _window(records, 0.0, 60.0),
         "last_minute": _window(records, seconds - 60.0, seconds + 1.0),
     }

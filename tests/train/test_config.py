@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -77,3 +78,27 @@ def test_base_file_is_merged_under_the_preset(tmp_path):
     (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
     with pytest.raises(ConfigError, match="missing.yaml not found"):
         load_config(Outer, tmp_path / "c.yaml")
+
+
+def _preset_class(path):
+    from train.ark.transfer import TransferConfig
+    from train.finetune.config import FinetuneConfig
+    from train.run import METHODS
+
+    if path.name.startswith("finetune"):
+        return FinetuneConfig
+    if path.name.startswith("transfer"):
+        return TransferConfig
+    return METHODS[path.parent.name][0]
+
+
+PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_preset_loads_into_its_config(path):
+    cfg = load_config(_preset_class(path), path)
+    if path.stem.endswith("smoke"):  # a smoke preset is its base preset, shrunk
+        base = yaml.safe_load(path.read_text())["base"]
+        assert (path.parent / base).is_file()
+        assert cfg.loop.epochs == 1
