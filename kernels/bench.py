@@ -22,7 +22,12 @@ import numpy as np
 import torch
 
 from ._dispatch import numba_available
-from .genesis import GenesisTransformConfig, transform_batch
+from .genesis import (
+    GenesisTransformConfig,
+    apply_genesis,
+    sample_genesis_params,
+    transform_batch,
+)
 from .grid import match_patches
 
 BASELINE = Path(__file__).resolve().parents[1] / "bench" / "genesis_numpy_loop.py"
@@ -62,6 +67,19 @@ def _forced(path: str, fn):
     return run
 
 
+def _apply_only(dev: torch.Tensor, cfg: GenesisTransformConfig, calls: int):
+    """Applying parameters drawn beforehand and already on the GPU: each call gets a fresh set, so
+    the permutation table is still built on the device in every timed call, as in training."""
+    gen = torch.Generator().manual_seed(1)
+    drawn = [sample_genesis_params(dev.shape, cfg, gen).to(dev.device) for _ in range(calls)]
+    torch.cuda.synchronize()
+
+    def run():
+        return apply_genesis(dev, drawn.pop(), cfg)
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
@@ -94,6 +112,8 @@ def main() -> None:
 
     gbs = []
     if torch.cuda.is_available():
+        t = _best(lambda: sample_genesis_params(cubes.shape, cfg, gen), args.repeat)
+        rows.append(("(s) drawing the parameters alone, CPU", args.batch / t))
         dev = cubes.cuda()
         sync = torch.cuda.synchronize
         t = _best(_forced("torch", lambda: transform_batch(dev, cfg, gen)), args.repeat, sync)
@@ -101,12 +121,19 @@ def main() -> None:
         try:
             t = _best(_forced("triton", lambda: transform_batch(dev, cfg, gen)), args.repeat, sync)
             rows.append(("(d) Triton kernel, GPU", args.batch / t))
+            for label, path in (
+                ("(c2) PyTorch reference", "torch"),
+                ("(d2) Triton kernel", "triton"),
+            ):
+                t = _best(_forced(path, _apply_only(dev, cfg, args.repeat + 1)), args.repeat, sync)
+                rows.append((f"{label}, GPU, apply only", args.batch / t))
             moved = 4 * dev.numel() * dev.element_size()  # cube + noise in, x + y out
             copy_t = _best(lambda: dev.clone(), args.repeat, sync)
             copy_gbs = 2 * dev.numel() * dev.element_size() / copy_t / 1e9
             gbs = [
-                f"Triton {moved / t / 1e9:.1f} GB/s for the bytes moved; "
-                f"device copy {copy_gbs:.1f} GB/s ({moved / t / 1e9 / copy_gbs:.0%})"
+                f"(d2) {moved / t / 1e9:.1f} GB/s for the bytes the op must move (cubes and noise "
+                f"in, x and y out; the permutation table excluded); device copy {copy_gbs:.1f} "
+                f"GB/s ({moved / t / 1e9 / copy_gbs:.0%})"
             ]
         except RuntimeError as exc:
             rows.append((f"(d) Triton kernel unavailable: {exc}", float("nan")))
