@@ -45,6 +45,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -186,7 +187,8 @@ def fit(
     """Train ``method`` into ``run_dir``; returns the final counters.
 
     Args:
-        resume: continue from ``checkpoints/latest`` (an error if there is none).
+        resume: continue from ``checkpoints/latest``; where there is none yet (a run killed
+            before its first checkpoint), start from step 0 and say so.
         stop_after_steps: checkpoint and return once ``global_step`` reaches this (used to test
             interruption; a real kill loses at most the steps since the last checkpoint).
     """
@@ -204,6 +206,16 @@ def fit(
     prog = Progress()
 
     ckpt_root = run_dir / "checkpoints"
+    if resume and not (ckpt_root / "latest").is_file():
+        # A run killed before its first checkpoint (or a retry loop's first attempt) has nothing
+        # to resume: start it from step 0, as the same command without --resume would.
+        if ddp.main:
+            print(
+                f"--resume: no checkpoint in {ckpt_root} yet: starting from step 0",
+                file=sys.stderr,
+                flush=True,
+            )
+        resume = False
     if resume:
         prog = _restore(ckpt_root, model, optimizer, scheduler, device)
     elif (ckpt_root / "latest").is_file():

@@ -49,7 +49,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--run-dir", type=Path, help="run directory (default runs/<name>-<preset>)")
     p.add_argument(
-        "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue from the run directory's latest checkpoint (from step 0 if it has none "
+        "yet, so a retried job can always pass it)",
     )
 
 

@@ -99,6 +99,31 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path):
     assert (part / "model.safetensors").is_file() and (part / "config.yaml").is_file()
 
 
+def test_resume_before_the_first_checkpoint_starts_from_step_zero(tmp_path, capsys):
+    """A job killed before its first checkpoint, retried with --resume: it runs from step 0 and
+    ends where an uninterrupted run does; the dead attempt's log lines are not kept."""
+    cfg = small_config(tmp_path, "loop.epochs=1")
+    full, early = tmp_path / "full", tmp_path / "early"
+    fit(GenesisMethod(cfg, full), full)
+    early.mkdir()  # what the killed attempt left: its config and one log line, no checkpoint
+    (early / "config.yaml").write_text((full / "config.yaml").read_text())
+    (early / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')
+    final = fit(GenesisMethod(cfg, early), early, resume=True)
+    assert "no checkpoint in" in capsys.readouterr().err
+    assert final.finished and final.global_step == 3
+    assert_same_weights(latest_weights(full), latest_weights(early))
+    logged = [_logged(run) for run in (early, full)]
+    assert [r["step"] for r in logged[0]] == [r["step"] for r in logged[1]]
+    for got, want in zip(*logged, strict=True):
+        assert got == pytest.approx(want, rel=1e-6)
+
+
+def _logged(run: Path) -> list[dict]:
+    """The run's metrics lines without the wall-clock rate."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(ln).items() if k != "samples_per_s"} for ln in lines]
+
+
 def _cli(run_dir, cache, *extra):
     cmd = [
         sys.executable,
