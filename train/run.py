@@ -108,15 +108,39 @@ def _load(config_cls, args, run_dir: Path, extra: list[str]):
 def _saved_config(run_dir: Path) -> dict:
     import yaml
 
-    return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    path = run_dir / "config.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def _refuse_pretraining(run_dir: Path, model_name: str, saved: dict) -> None:
+    """Self-supervised runs have no labels to score: say what to run instead."""
+    if model_name == "peac":
+        kind, how = "PEAC", f"python -m train.run transfer --init peac:{run_dir} --mode probe"
+    elif "transform" in saved and "task" not in saved:
+        kind, how = "Models Genesis", f"python -m train.run finetune --init genesis:{run_dir}"
+    else:
+        return
+    raise ConfigError(
+        f"{run_dir} is a {kind} pretraining run: evaluate scores labelled runs (fine-tuned, "
+        f"transfer, Ark). Its validation loss per epoch is in {run_dir / 'metrics.jsonl'}; to "
+        f"score what it learned, fine-tune or probe it ({how}) and evaluate that run"
+    )
 
 
 def _evaluate(args) -> dict:
     """Dispatch on the model family recorded in the run's best weights."""
     from models.checkpoint import load_weights
 
-    _, info = load_weights(args.run_dir / "model.safetensors")
-    if info.model_name == "ark" and "schedule" not in _saved_config(args.run_dir):
+    weights = args.run_dir / "model.safetensors"
+    if not weights.is_file():
+        raise ConfigError(
+            f"{weights} does not exist: evaluate needs a run directory whose training has "
+            "finished at least one epoch (its best weights are written then)"
+        )
+    _, info = load_weights(weights)
+    saved = _saved_config(args.run_dir)
+    _refuse_pretraining(args.run_dir, info.model_name, saved)
+    if info.model_name == "ark" and "schedule" not in saved:
         from .ark.transfer import TransferConfig, evaluate_transfer_run
 
         cfg = load_config(TransferConfig, args.run_dir / "config.yaml")
@@ -134,7 +158,11 @@ def _evaluate(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "evaluate":
-        print(json.dumps(_evaluate(args), indent=2))
+        try:
+            print(json.dumps(_evaluate(args), indent=2))
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
     preset = args.config.stem if args.config else "default"
     try:

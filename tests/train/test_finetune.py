@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,14 +12,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models.checkpoint import save_weights
+from models.checkpoint import load_weights, save_weights
 from models.registry import build_model
-from train.config import load_config
+from train.config import dump_config, load_config
 from train.engine import fit
 from train.finetune.config import FinetuneConfig
 from train.finetune.evaluate import evaluate_run
 from train.finetune.init import initialise
 from train.finetune.method import FinetuneMethod
+from train.genesis.config import GenesisConfig
+from train.run import main
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
@@ -128,3 +131,27 @@ def test_cli_reports_config_errors(tmp_path):
         cwd=ROOT,
     )
     assert proc.returncode == 2 and "optim.lr" in proc.stderr
+
+
+def test_evaluate_refuses_missing_and_pretraining_runs_clearly(tmp_path, pretrained, capsys):
+    """No traceback: a run without weights, and self-supervised runs (nothing labelled to score),
+    get a message saying what to run instead, and exit status 2."""
+    assert main(["evaluate", "--run-dir", str(tmp_path / "nothing")]) == 2
+    assert "model.safetensors does not exist" in capsys.readouterr().err
+
+    genesis = tmp_path / "genesis"
+    genesis.mkdir()
+    shutil.copyfile(pretrained, genesis / "model.safetensors")
+    cfg = load_config(GenesisConfig, ROOT / "configs/genesis/tiny.yaml")
+    (genesis / "config.yaml").write_text(dump_config(cfg))
+    assert main(["evaluate", "--run-dir", str(genesis)]) == 2
+    err = capsys.readouterr().err
+    assert "Models Genesis pretraining run" in err and f"--init genesis:{genesis}" in err
+
+    peac = tmp_path / "peac"
+    peac.mkdir()
+    weights, _ = load_weights(pretrained)
+    save_weights(weights, peac / "model.safetensors", model_name="peac", model_args={})
+    assert main(["evaluate", "--run-dir", str(peac)]) == 2
+    err = capsys.readouterr().err
+    assert "PEAC pretraining run" in err and f"--init peac:{peac} --mode probe" in err
