@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 from models.checkpoint import load_torch_file, load_weights
-from train.engine import FAULT_ENV, _ckpt_key, _verify_checksums
+from train.checkpoints import FAULT_ENV, checkpoint_key, verify_checksums
 
 ROOT = Path(__file__).resolve().parents[1]
 KEEP = 2  # loop.keep_checkpoints of the run (the default)
@@ -137,7 +137,7 @@ def check_latest(run: Path) -> tuple[str | None, str | None]:
         return None, None
     ckpt = run / "checkpoints" / name
     try:
-        _verify_checksums(ckpt)
+        verify_checksums(ckpt)
         load_weights(ckpt / "model.safetensors")
         load_torch_file(ckpt / "state.pt")
     except Exception as exc:  # noqa: BLE001 - reported, not handled
@@ -158,13 +158,13 @@ def where_killed(run: Path, since_ns: int, config_before: int | None) -> str:
     if ckpts.is_dir():
         if any(new(p) for p in ckpts.glob(".step_*.tmp")):
             return "checkpoint: writing the .tmp directory"
-        current = _ckpt_key(latest_name(run) or "step_-1")
-        dirs = [p for p in ckpts.iterdir() if p.is_dir() and _ckpt_key(p.name)]
-        if any(current is None or _ckpt_key(p.name) > current for p in dirs if new(p)):
+        current = checkpoint_key(latest_name(run) or "step_-1")
+        dirs = [p for p in ckpts.iterdir() if p.is_dir() and checkpoint_key(p.name)]
+        if any(current is None or checkpoint_key(p.name) > current for p in dirs if new(p)):
             return "checkpoint: renamed, not yet named by latest"
         if any(new(p) for p in ckpts.glob(".latest.*.tmp")):
             return "checkpoint: replacing latest"
-        older = [p for p in dirs if current is not None and _ckpt_key(p.name) <= current]
+        older = [p for p in dirs if current is not None and checkpoint_key(p.name) <= current]
         if len(older) > KEEP and new(ckpts / "latest"):
             return "checkpoint: pruning old checkpoints"
     if any(new(p) for p in run.glob(".*.tmp")):
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         first = statistics.median(first_steps) if first_steps else lo + 3 * ref["step_s"]
         hi = first + 2 * ref["step_s"]
         delay = rng.uniform(lo, hi)
-        committed = _ckpt_key(latest_name(run))[0] if resume else 0
+        committed = checkpoint_key(latest_name(run))[0] if resume else 0
         old_log = inode(run / "metrics.jsonl")
         since, t0 = time.time_ns(), time.time()
         proc = launch(command(run, cache, args.epochs, resume), log)
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         kills += 1
         where = where_killed(run, since, config_before)
         name, problem = check_latest(run)
-        key = _ckpt_key(name) if name else (-1, -1)
+        key = checkpoint_key(name) if name else (-1, -1)
         backwards |= key < previous
         previous = max(previous, key)
         if problem:

@@ -23,7 +23,8 @@ import pytest
 import torch
 
 from models.checkpoint import CheckpointError, UnsafeCheckpointError, load_weights
-from train.engine import CHECKSUMS, FAULT_ENV, Dist, Progress, _save, fit
+from train.checkpoints import CHECKSUMS, FAULT_ENV, Progress, save_checkpoint
+from train.engine import fit
 from train.genesis.method import GenesisMethod
 
 from .test_engine import ROOT, _cli, assert_same_weights, latest_weights, small_config
@@ -325,8 +326,8 @@ def test_pruning_never_deletes_the_checkpoint_latest_names(tmp_path):
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.StepLR(opt, 1)
-    _save(root, model, "linear", {}, opt, sched, Progress(global_step=4), Dist(), keep=1)
+    save_checkpoint(root, model, "linear", {}, opt, sched, Progress(global_step=4), keep=1)
     assert _latest(tmp_path) == "step_00000004_10"  # after _9 (not as text: "_10" < "_9")
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000004_10", "step_00000010"]
-    _save(root, model, "linear", {}, opt, sched, Progress(global_step=5), Dist(), keep=1)
+    save_checkpoint(root, model, "linear", {}, opt, sched, Progress(global_step=5), keep=1)
     assert _latest(tmp_path) == "step_00000005" and (root / "step_00000005" / "state.pt").is_file()
