@@ -39,7 +39,7 @@ serve: $(STAMP)  ## build demo models if ./exports has none, then bentoml on 127
 	@if ! ls $${ANATOMIX_MODELS:-exports}/*/manifest.json >/dev/null 2>&1; then \
 	  echo "make serve: no model under $${ANATOMIX_MODELS:-exports}/: building the demo models from synthetic data (minutes)"; \
 	  $(PY) scripts/demo_models.py --exports $${ANATOMIX_MODELS:-exports} || exit 1; fi
-	$(VENV)/bin/bentoml serve serve.service:AnatomixService --host 127.0.0.1 --port 3000
+	MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-2} $(VENV)/bin/bentoml serve serve.service:AnatomixService --host 127.0.0.1 --port 3000
 
 lock:  ## re-resolve pyproject's [dev] dependencies in a clean venv into constraints.txt
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

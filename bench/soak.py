@@ -4,9 +4,13 @@
 
 Issue #10, item 3. Starts ``bentoml serve`` (``serve.launch``) on the exports in ``--models``
 (default: the demo models ``make serve`` builds in ./exports; built here if missing) and keeps
-``--clients`` async clients busy with a mix of requests — radiograph classification and
-embedding (pydicom-data's chest CRs and phantom CRs), CT segmentation of a phantom study (as a
-zip), and a malformed upload every tenth request, which must be a 4xx — for ``--minutes``.
+``--clients`` async clients busy for ``--minutes`` with a mix of ten kinds of request: chest
+radiograph classification (pydicom-data's two full-size CRs, two phantom CRs), embedding (phantom
+CRs), CT segmentation of a 32-slice phantom study (as a zip) and a truncated upload, which must
+be a 4xx. Client k sends kinds k, k + c, k + 2c, ... (mod 10, c clients): with the default 4,
+two clients alternate classification with segmentation and two alternate embedding with the
+truncated upload, so CT segmentation runs steadily beside fast 2D traffic, and the truncated
+uploads are about a fifth of all requests.
 Every ``--sample`` seconds it records the resident memory of the server's processes (the manager
 and its workers) and the requests finished since the last sample.
 

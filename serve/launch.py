@@ -106,7 +106,11 @@ def start(
     port = port or free_port()
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    full_env = os.environ | {"ANATOMIX_MODELS": str(models)} | (env or {})
+    # MALLOC_ARENA_MAX=2 as `make serve` and the Bento set it (bentofile.yaml says why), unless
+    # the caller's environment chooses otherwise.
+    full_env = (
+        {"MALLOC_ARENA_MAX": "2"} | os.environ | {"ANATOMIX_MODELS": str(models)} | (env or {})
+    )
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1",
            "--port", str(port)]  # fmt: skip
     with open(log_path, "ab") as out:
