@@ -21,7 +21,6 @@ import os
 import random
 import re
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench.demo_exports import ensure_demo_exports
 from export.runtime import load
 from imaging.dicom import read_image
 from imaging.preprocess import prepare_radiograph, radiograph_to_unit
@@ -130,14 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", type=Path, default=ROOT / "exports")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "faults_serve")
     args = p.parse_args(argv)
-    if not list(args.models.glob("*/manifest.json")):
-        cmd = [
-            sys.executable,
-            str(ROOT / "scripts" / "demo_models.py"),
-            "--exports",
-            str(args.models),
-        ]
-        subprocess.run(cmd, check=True)
+    ensure_demo_exports(args.models)
     args.out.mkdir(parents=True, exist_ok=True)
     data, rng, port = _film(), random.Random(args.seed), launch.free_port()
     with launch.start(args.models, args.out / "probe.log", port=port) as srv:

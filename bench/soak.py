@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
     sys.path[0] = str(ROOT)
 
+from bench.demo_exports import ensure_demo_exports  # noqa: E402
 from serve import launch  # noqa: E402
 
 
@@ -159,16 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", type=Path, default=ROOT / "exports")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "soak")
     args = p.parse_args(argv)
-    if not list(args.models.glob("*/manifest.json")):
-        import subprocess
-
-        cmd = [
-            sys.executable,
-            str(ROOT / "scripts" / "demo_models.py"),
-            "--exports",
-            str(args.models),
-        ]
-        subprocess.run(cmd, check=True, cwd=ROOT)
+    ensure_demo_exports(args.models)
     args.out.mkdir(parents=True, exist_ok=True)
     mix = _requests()
     seconds = args.minutes * 60.0
