@@ -40,3 +40,5 @@ def test_bentoml_build(tmp_path):
     assert not (src / "train").exists() and not (src / "tests").exists()
     dockerfile = (bento.parent / "env" / "docker" / "Dockerfile").read_text()
     assert "nvidia/cuda:12.8" in dockerfile
+    envs = {e["name"]: str(e.get("value")) for e in meta.get("envs") or []}
+    assert envs.get("MALLOC_ARENA_MAX") == "2" and "ANATOMIX_MODELS" in envs

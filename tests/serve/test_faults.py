@@ -58,6 +58,8 @@ def test_killed_under_load_then_restarted_serves_and_refuses_tampered_exports(ex
     assert outcomes.count(200) >= 4, outcomes[:10]
     procs = srv.processes()
     assert len(procs) >= 2  # the manager and its worker(s)
+    # glibc arenas capped as `make serve` and the Bento do (bench/RESULTS.md, "Soak")
+    assert all(p.environ().get("MALLOC_ARENA_MAX") == "2" for p in procs)
     srv.kill()  # SIGKILL, requests in flight
     stop.set()
     for t in clients:
