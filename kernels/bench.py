@@ -5,8 +5,9 @@
 Prints cubes/s for (a) the per-cube NumPy loop with the published pipeline's structure
 (``bench/genesis_numpy_loop.py``), (b) the PyTorch reference batched on CPU, (b2) the Numba CPU
 kernel (``kernels/genesis_cpu.py``; where Numba imports), and where CUDA exists (c) the reference
-on the GPU and (d) the Triton kernel, with ratios to (a) measured in the same run (every batched
-row includes drawing the parameters: ``transform_batch``), and on the GPU the achieved GB/s for
+on the GPU and (d) the Triton kernel, with ratios to (a) measured in the same run (these rows
+include drawing the parameters: ``transform_batch``); then (s) the drawing alone (CPU), and
+(c2)/(d2) the two GPU paths applying parameters already on the GPU, with (d2)'s achieved GB/s for
 the bytes the op must move against a measured device-to-device copy. Not part of the test suite.
 """
 

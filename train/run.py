@@ -158,9 +158,11 @@ def _evaluate(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "evaluate":
+        from models.checkpoint import CheckpointError
+
         try:
             print(json.dumps(_evaluate(args), indent=2))
-        except ConfigError as exc:
+        except (ConfigError, CheckpointError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         return 0

@@ -138,6 +138,11 @@ def test_evaluate_refuses_missing_and_pretraining_runs_clearly(tmp_path, pretrai
     get a message saying what to run instead, and exit status 2."""
     assert main(["evaluate", "--run-dir", str(tmp_path / "nothing")]) == 2
     assert "model.safetensors does not exist" in capsys.readouterr().err
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "model.safetensors").write_bytes(b"\x00" * 64)
+    assert main(["evaluate", "--run-dir", str(damaged)]) == 2
+    assert str(damaged / "model.safetensors") in capsys.readouterr().err
 
     genesis = tmp_path / "genesis"
     genesis.mkdir()
