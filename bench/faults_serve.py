@@ -112,8 +112,11 @@ def run_round(models: Path, port: int, log: Path, clients: int, delay: float, wa
         "processes": len(procs),
         "first_answer_correct": first_ok,
         "ok": before.count("ok") + after.count("ok"),
-        "not_ok_while_up": [o for o in before if o != "ok"],
-        "cut_off": [o for o in after if o != "ok"],
+        # a wrong answer counts wherever it lands; only a failed connection after the kill is
+        # the expected cut-off
+        "not_ok_while_up": [o for o in before if o != "ok"]
+        + [o for o in after if o.startswith("wrong")],
+        "cut_off": [o for o in after if o.startswith("cut")],
         "orphans": orphans,
         "traceback_in_log": "Traceback" in text,
         # BentoML's access log: "(status=200,type=application/json,...)"
