@@ -24,12 +24,11 @@ from pathlib import Path
 import torch
 
 from train.config import load_config
-from train.engine import step_generator
+from train.engine import StepContext, step_generator
 from train.genesis.config import GenesisConfig
 from train.genesis.method import GenesisMethod
 from train.peac.config import PEACConfig
 from train.peac.method import PEACMethod
-from train.teacher import unwrap
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +42,7 @@ def _method(name: str, run_dir: Path, batch_size: int | None):
         def batch(g):
             return torch.rand((cfg.loop.batch_size, 1, *cfg.data.cube_size), generator=g)
 
-        return method, batch, None
+        return method, batch
     cfg = load_config(PEACConfig, ROOT / "configs/peac/paper.yaml", over)
     method = PEACMethod(cfg, run_dir)
 
@@ -51,7 +50,7 @@ def _method(name: str, run_dir: Path, batch_size: int | None):
         size = cfg.load_size
         return torch.rand((cfg.loop.batch_size, 1, size, size), generator=g)
 
-    return method, batch, lambda model: unwrap(model).ema_update(0.999)
+    return method, batch
 
 
 def time_steps(name: str, kernels: str, amp: str, args) -> dict:
@@ -60,7 +59,8 @@ def time_steps(name: str, kernels: str, amp: str, args) -> dict:
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     with tempfile.TemporaryDirectory() as tmp:
-        method, make_batch, after = _method(name, Path(tmp), args.batch)
+        method, make_batch = _method(name, Path(tmp), args.batch)
+        total = args.warmup + args.steps
         model = method.build_model()[0].to(device).train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         data_gen = torch.Generator().manual_seed(0)
@@ -71,7 +71,7 @@ def time_steps(name: str, kernels: str, amp: str, args) -> dict:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         times = []
-        for i in range(args.warmup + args.steps):
+        for i in range(total):
             sync()
             start = time.perf_counter()
             with autocast:
@@ -79,8 +79,12 @@ def time_steps(name: str, kernels: str, amp: str, args) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if after is not None:
-                after(model)
+            if hasattr(method, "after_step"):  # the engine's hook: PEAC's EMA teacher update
+                ctx = StepContext(
+                    epoch=0, phase=0, step_in_phase=i, steps_in_phase=total, global_step=i,
+                    epochs=1, phases=1,
+                )  # fmt: skip
+                method.after_step(model, ctx)
             sync()
             if i >= args.warmup:
                 times.append(time.perf_counter() - start)
