@@ -50,7 +50,11 @@ COLOR_POLICIES = ("luma", "refuse")
 
 
 def read_image(
-    source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS, color: str = "luma"
+    source: Source,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    color: str = "luma",
+    max_inflated: int | None = None,
 ) -> Image:
     """Decode a DICOM image.
 
@@ -60,6 +64,8 @@ def read_image(
             before any pixel data is decoded.
         color: ``"luma"`` converts colour images to BT.601 luma (see :mod:`imaging.pixels`);
             ``"refuse"`` raises :class:`UnsupportedPhotometricError` for them.
+        max_inflated: bytes gzip input and a deflated dataset may each inflate to; by default
+            what ``max_pixels`` could need (a server passes its per-request inflate budget).
 
     Returns:
         An :class:`Image` with float32 pixels ``(H, W)`` or ``(frames, H, W)``.
@@ -70,7 +76,7 @@ def read_image(
     if color not in COLOR_POLICIES:
         raise ValueError(f"color must be one of {COLOR_POLICIES}, not {color!r}")
     # Stored samples take at most 4 bytes and 3 per pixel; 16 MiB more for the header.
-    max_bytes = max_pixels * 12 + (16 << 20)
+    max_bytes = max_pixels * 12 + (16 << 20) if max_inflated is None else max_inflated
     stream = open_source(source, max_bytes=max_bytes)
     # pydicom warns with attribute values quoted (maybe identifiers): they stay silent here.
     with warnings.catch_warnings():
@@ -120,15 +126,24 @@ def parse_dataset(stream, *, max_bytes: int | None = None) -> tuple[Dataset, boo
 
 
 def _check_inflated_size(stream, max_bytes: int) -> None:
-    """Inflate a deflated dataset once, keeping nothing, to refuse a deflate bomb.
+    """Refuse a deflate bomb before pydicom inflates the whole dataset in one call, no limit."""
+    deflated_size(stream, max_bytes)
 
-    pydicom inflates the whole dataset in one call with no limit: a few MB of deflated zeros
-    would take GBs. Damaged meta or deflate data is left for the real parse to report.
+
+def deflated_size(stream, max_bytes: int) -> int | None:
+    """Bytes the deflated dataset at ``stream`` inflates to, or None if it is not deflated;
+    inflated once keeping nothing, and :class:`ImageTooLargeError` as soon as past ``max_bytes``.
+
+    The file meta is looked for after a preamble and at the start alike: pydicom (with
+    ``force=True``) inflates a dataset whose meta starts at byte 0 just the same. Damaged meta or
+    deflate data is left for the real parse to report. ``stream`` is left where it was.
     """
     start = stream.tell()
     try:
-        if pydicom.filereader.read_preamble(stream, True) is None or not _deflated_meta(stream):
-            return
+        if pydicom.filereader.read_preamble(stream, True) is None:
+            stream.seek(start)  # no preamble: the meta, if any, starts here
+        if not _deflated_meta(stream):
+            return None
         inflater, size = zlib.decompressobj(-zlib.MAX_WBITS), 0
         while (chunk := stream.read(1 << 20)) and not inflater.eof:
             while chunk and size <= max_bytes:
@@ -138,10 +153,11 @@ def _check_inflated_size(stream, max_bytes: int) -> None:
                 raise ImageTooLargeError(
                     f"the deflated dataset inflates past the limit of {max_bytes} bytes"
                 )
+        return size
     except ImagingError:
         raise
     except Exception:
-        return
+        return None
     finally:
         stream.seek(start)
 

@@ -49,7 +49,13 @@ def read_series(files: Source | Iterable[Source], *, series_uid: str | None = No
             pixel spacing or orientation, duplicate positions, or non-uniform slice spacing.
         ImagingError: from :func:`~imaging.dicom.read_image` for a bad file.
     """
-    images = _read_all(files)
+    return assemble_series(_read_all(files), series_uid)
+
+
+def assemble_series(images: list[Image], series_uid: str | None = None) -> Volume:
+    """Assemble already decoded images of one series into a ``(D, H, W)`` volume, for callers
+    that decode each file themselves (under their own limits); :func:`read_series` without the
+    reading. ``series_uid`` chooses among several series; errors as for :func:`read_series`."""
     groups: dict[str, list[Image]] = defaultdict(list)
     for image in images:
         groups[image.series_uid].append(image)
@@ -197,4 +203,4 @@ def _thickness(s: _Slice) -> float:
 from .resample import resample_to_spacing  # noqa: E402
 from .volume_io import read_volume  # noqa: E402
 
-__all__ = ["list_series", "read_series", "read_volume", "resample_to_spacing"]
+__all__ = ["assemble_series", "list_series", "read_series", "read_volume", "resample_to_spacing"]

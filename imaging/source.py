@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import zlib
 from pathlib import Path
 from typing import BinaryIO, Union
 
@@ -71,7 +72,7 @@ def _inflate(stream: BinaryIO, max_bytes: int) -> BinaryIO:
                     raise ImageTooLargeError(
                         f"gzip input inflates past the limit of {max_bytes} bytes"
                     )
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: damaged deflate blocks
         raise NotDicomError(f"gzip input is corrupt ({type(exc).__name__})") from None
     finally:
         stream.close()

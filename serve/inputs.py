@@ -2,10 +2,15 @@
 
 Everything a client can get wrong is caught here, before any model runs: uploads over the size
 limit, too many files, zip archives whose members escape their root or inflate without bound,
-files that are not DICOM, truncated, without pixels, in an unsupported transfer syntax or
-photometric interpretation, the wrong modality for an endpoint, and series whose slices disagree.
-Each becomes ``{"error": code, "detail": text}`` with a 4xx status. Details never quote patient
-attributes (the imaging layer's messages do not either), so they are safe to log.
+gzip files and deflated datasets that inflate without bound, files that are not DICOM,
+truncated, without pixels, in an unsupported transfer syntax or photometric interpretation, the
+wrong modality for an endpoint, images or studies with too many pixels, and series whose slices
+disagree. Each becomes ``{"error": code, "detail": text}`` with a 4xx status. Details never quote
+patient attributes (the imaging layer's messages do not either), so they are safe to log.
+
+The server runs :func:`decode_files` / :func:`decode_series_files` inside a sandboxed decoding
+process (:mod:`serve.decode_worker`); the in-memory :func:`expand_uploads`, :func:`decode_image`
+and :func:`decode_series` apply the same limits.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import os
 import posixpath
 import stat
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
-from imaging.dicom import read_image
+from imaging.dicom import deflated_size, read_image
 from imaging.errors import (
     CorruptFileError,
     ImageTooLargeError,
@@ -29,22 +36,30 @@ from imaging.errors import (
     UnsupportedTransferSyntaxError,
 )
 from imaging.image import Image, Volume
-from imaging.series import read_series
+from imaging.series import assemble_series
+from imaging.source import GZIP_MAGIC, open_source
+
+from .errors import RequestError
+from .limits import Limits
+
+__all__ = [
+    "Inflation",
+    "Limits",
+    "RequestError",
+    "Upload",
+    "check_modality",
+    "decode_file",
+    "decode_files",
+    "decode_image",
+    "decode_series",
+    "decode_series_files",
+    "expand_uploads",
+    "iter_files",
+    "request_error",
+]
 
 ZIP_MAGIC = b"PK\x03\x04"
 MiB = 1 << 20
-
-
-class RequestError(Exception):
-    """A client error: HTTP ``status`` with body ``{"error": code, "detail": detail}``."""
-
-    def __init__(self, status: int, code: str, detail: str):
-        super().__init__(detail)
-        self.status, self.code, self.detail = int(status), code, detail
-
-    def body(self) -> dict:
-        return {"error": self.code, "detail": self.detail}
-
 
 #: imaging error → (HTTP status, error code); the first matching class wins (subclasses first).
 _IMAGING_ERRORS: tuple[tuple[type[ImagingError], int, str], ...] = (
@@ -68,45 +83,35 @@ def request_error(exc: ImagingError, name: str | None = None) -> RequestError:
     raise TypeError(f"not an imaging error: {type(exc).__name__}")  # pragma: no cover
 
 
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Upload limits (environment overrides in brackets).
-
-    Attributes:
-        max_upload_bytes: all files of one request together [ANATOMIX_MAX_UPLOAD_MB].
-        max_files: files in one request, zip members included [ANATOMIX_MAX_FILES].
-        max_uncompressed_bytes: what the zip members of one request may inflate to
-            [ANATOMIX_MAX_UNZIPPED_MB].
-        max_pixels: rows × columns × frames of one image (checked before decoding).
-    """
-
-    max_upload_bytes: int = 512 * MiB
-    max_files: int = 1000
-    max_uncompressed_bytes: int = 2048 * MiB
-    max_pixels: int = 64 * MiB
-
-    @classmethod
-    def from_env(cls) -> Limits:
-        return cls(
-            max_upload_bytes=_env_int("ANATOMIX_MAX_UPLOAD_MB", 512) * MiB,
-            max_files=_env_int("ANATOMIX_MAX_FILES", 1000),
-            max_uncompressed_bytes=_env_int("ANATOMIX_MAX_UNZIPPED_MB", 2048) * MiB,
-        )
-
-
 @dataclass
 class Upload:
     """One uploaded file (or zip member): a display name and its bytes."""
 
     name: str
     data: bytes
+
+
+class Inflation:
+    """What one request may still inflate to (``Limits.max_inflated_bytes``), drawn down by every
+    zip member, gzip file and deflated dataset; each also gets a ratio budget of its own."""
+
+    def __init__(self, limits: Limits):
+        self.limits, self.left = limits, limits.max_inflated_bytes
+
+    def budget(self, compressed: int) -> int:
+        """Bytes ``compressed`` bytes may inflate to now (:meth:`Limits.inflate_budget`)."""
+        return self.limits.inflate_budget(compressed, self.left)
+
+    def take(self, inflated: int) -> None:
+        self.left = max(0, self.left - inflated)
+
+
+def _too_many(limits: Limits) -> RequestError:
+    return RequestError(413, "too_many_files", f"more than {limits.max_files} files in one request")
+
+
+def _too_large(what: str) -> RequestError:
+    return RequestError(413, "upload_too_large", f"{what} inflates past the size limit")
 
 
 def _safe_member(info: zipfile.ZipInfo) -> bool:
@@ -121,20 +126,49 @@ def _safe_member(info: zipfile.ZipInfo) -> bool:
     return not (mode and stat.S_ISLNK(mode))
 
 
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int) -> bytes:
-    """Read one member, stopping as soon as it inflates past ``budget`` (zip bombs lie about
-    their sizes in the header, so the declared size is checked and the real one too)."""
+def _open_archive(name: str, fileobj, limits: Limits, counted: int) -> tuple:
+    """``(ZipFile, members)`` of a zip upload, its regular-file members checked for safety and
+    counted (``counted`` files came before it) before anything is inflated."""
+    try:
+        # The central directory's entry count, read before zipfile parses every entry (millions
+        # of tiny entries would take GBs as ZipInfo objects). Directories count too: leeway.
+        end_record = getattr(zipfile, "_EndRecData", lambda f: None)  # private, so guarded
+        endrec = end_record(fileobj)
+        if endrec and endrec[4] > 2 * limits.max_files + 64:  # [4]: _ECD_ENTRIES_TOTAL
+            raise _too_many(limits)
+        zf = zipfile.ZipFile(fileobj)
+        members = [i for i in zf.infolist() if not i.is_dir()]
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise RequestError(400, "bad_archive", f"{name}: not a readable zip archive") from None
+    if counted + len(members) > limits.max_files:
+        raise _too_many(limits)
+    for info in members:
+        if not _safe_member(info):
+            raise RequestError(
+                400, "unsafe_archive",
+                f"{name}: a member's path leaves the archive root or is a link",
+            )  # fmt: skip
+    return zf, members
+
+
+def _read_member(name: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, inflation) -> Upload:
+    """Read one member under its inflate budget, stopping as soon as it is past it (zip bombs
+    lie about their sizes in the header, so the declared size is checked and the real one too)."""
+    budget = inflation.budget(info.compress_size)
     if info.file_size > budget:
-        raise RequestError(413, "upload_too_large", "the archive inflates past the size limit")
+        raise _too_large(f"{name}: a member")
     out = io.BytesIO()
-    with zf.open(info) as f:
-        while chunk := f.read(MiB):
-            out.write(chunk)
-            if out.tell() > budget:
-                raise RequestError(
-                    413, "upload_too_large", "the archive inflates past the size limit"
-                )
-    return out.getvalue()
+    try:
+        with zf.open(info) as f:
+            while chunk := f.read(MiB):
+                out.write(chunk)
+                if out.tell() > budget:
+                    raise _too_large(f"{name}: a member")
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError, ValueError):
+        # damaged data, an unsupported method (deflate64, ...), encryption
+        raise RequestError(400, "bad_archive", f"{name}: a member cannot be extracted") from None
+    inflation.take(out.tell())
+    return Upload(f"{name}/{posixpath.basename(info.filename)}", out.getvalue())
 
 
 def expand_uploads(files: list[Upload], limits: Limits) -> list[Upload]:
@@ -146,56 +180,131 @@ def expand_uploads(files: list[Upload], limits: Limits) -> list[Upload]:
     if not files:
         raise RequestError(400, "no_files", "the request carries no file")
     total = sum(len(f.data) for f in files)
-    if total > limits.max_upload_bytes:
+    if total > limits.max_body_bytes:
         raise RequestError(
             413, "upload_too_large",
             f"the upload is {total / MiB:.1f} MiB; the limit is "
-            f"{limits.max_upload_bytes / MiB:.0f} MiB",
+            f"{limits.max_body_bytes / MiB:.0f} MiB",
         )  # fmt: skip
     out: list[Upload] = []
-    budget = limits.max_uncompressed_bytes
+    inflation = Inflation(limits)
     for f in files:
         if not f.data.startswith(ZIP_MAGIC):
             out.append(f)
             continue
-        try:
-            zf = zipfile.ZipFile(io.BytesIO(f.data))
-            members = [i for i in zf.infolist() if not i.is_dir()]
-        except (zipfile.BadZipFile, OSError, ValueError):
-            raise RequestError(
-                400, "bad_archive", f"{f.name}: not a readable zip archive"
-            ) from None
-        if len(out) + len(members) > limits.max_files:
-            raise RequestError(
-                413, "too_many_files", f"more than {limits.max_files} files in one request"
-            )
-        for info in members:
-            if not _safe_member(info):
-                raise RequestError(
-                    400, "unsafe_archive",
-                    f"{f.name}: a member's path leaves the archive root or is a link",
-                )  # fmt: skip
-            try:
-                data = _read_member(zf, info, budget)
-            except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError):
-                raise RequestError(
-                    400, "bad_archive", f"{f.name}: a member cannot be extracted"
-                ) from None
-            budget -= len(data)
-            out.append(Upload(f"{f.name}/{posixpath.basename(info.filename)}", data))
+        zf, members = _open_archive(f.name, io.BytesIO(f.data), limits, len(out))
+        out.extend(_read_member(f.name, zf, info, inflation) for info in members)
     if len(out) > limits.max_files:
-        raise RequestError(
-            413, "too_many_files", f"more than {limits.max_files} files in one request"
-        )
+        raise _too_many(limits)
     return out
+
+
+def _read_file(name: str, path: Path, limits: Limits) -> bytes:
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limits.max_body_bytes:
+            raise RequestError(413, "upload_too_large", f"{name}: the file is over the size limit")
+        return f.read(size)  # read(n) allocates n bytes first: never the limit itself
+
+
+def iter_files(
+    files: list[tuple[str, str | os.PathLike]], limits: Limits, inflation: Inflation
+) -> Iterator[Upload]:
+    """Files on disk → one :class:`Upload` per file or zip member, read one at a time (a zip's
+    member as ``archive.zip/member.dcm``). Every count is checked before the first is read."""
+    if not files:
+        raise RequestError(400, "no_files", "the request carries no file")
+    plan: list[tuple[str, Path, tuple | None]] = []  # (name, path, (ZipFile, members) | None)
+    handles = []  # the archives' open files (a ZipFile leaves a passed file open)
+    counted = 0
+    try:
+        for name, path in files:
+            path = Path(path)
+            with open(path, "rb") as f:
+                is_zip = f.read(4) == ZIP_MAGIC
+            if not is_zip:
+                counted += 1
+                if counted > limits.max_files:
+                    raise _too_many(limits)
+                plan.append((name, path, None))
+                continue
+            handles.append(open(path, "rb"))  # noqa: SIM115 - closed below
+            archive = _open_archive(name, handles[-1], limits, counted)
+            counted += len(archive[1])
+            plan.append((name, path, archive))
+        for name, path, archive in plan:
+            if archive is None:
+                yield Upload(name, _read_file(name, path, limits))
+                continue
+            zf, members = archive
+            for info in members:
+                yield _read_member(name, zf, info, inflation)
+    finally:
+        for f in handles:
+            f.close()
+
+
+def decode_file(upload: Upload, limits: Limits, inflation: Inflation) -> Image:
+    """One file → :class:`Image` under the request's limits: declared pixels before decoding,
+    gzip and deflated-dataset inflation under the file's budget, charged to the request."""
+    data = upload.data
+    try:
+        stream = io.BytesIO(data)
+        if data[:2] == GZIP_MAGIC:
+            stream = open_source(data, max_bytes=inflation.budget(len(data)))
+            inflation.take(stream.seek(0, io.SEEK_END))
+            stream.seek(0)
+        budget = inflation.budget(stream.seek(0, io.SEEK_END))
+        stream.seek(0)
+        inflation.take(deflated_size(stream, budget) or 0)
+        return read_image(stream, max_pixels=limits.max_image_pixels, max_inflated=budget)
+    except ImagingError as exc:
+        raise request_error(exc, upload.name) from None
+
+
+def _decode_all(uploads, limits: Limits) -> list[tuple[str, Image]]:
+    """Decode in order, refusing as soon as the images together pass ``max_study_pixels``."""
+    inflation, out, pixels = Inflation(limits), [], 0
+    for upload in uploads:
+        image = decode_file(upload, limits, inflation)
+        pixels += image.pixels.size
+        if pixels > limits.max_study_pixels:
+            raise RequestError(
+                413, "study_too_large",
+                f"the request's images hold more than {limits.max_study_pixels} pixels together",
+            )  # fmt: skip
+        out.append((upload.name, image))
+    return out
+
+
+def _assemble(images: list[Image], limits: Limits) -> Volume:
+    slices = sum(img.pixels.shape[0] if img.pixels.ndim == 3 else 1 for img in images)
+    if slices > limits.max_files:
+        raise RequestError(
+            413, "too_many_slices", f"the series has more than {limits.max_files} slices"
+        )
+    try:
+        return assemble_series(images)
+    except ImagingError as exc:
+        raise request_error(exc) from None
+
+
+def decode_files(
+    files: list[tuple[str, str | os.PathLike]], limits: Limits
+) -> list[tuple[str, Image]]:
+    """Files on disk (zip archives expanded) → ``(name, Image)`` in order, under every limit."""
+    return _decode_all(iter_files(files, limits, Inflation(limits)), limits)
+
+
+def decode_series_files(files: list[tuple[str, str | os.PathLike]], limits: Limits) -> Volume:
+    """Files on disk of one series (or zips of them) → :class:`Volume` in HU, ``(D, H, W)``."""
+    images = decode_files(files, limits)
+    return _assemble([image for _, image in images], limits)
 
 
 def decode_image(upload: Upload, limits: Limits) -> Image:
     """One DICOM upload → :class:`Image` (HU for CT; higher is denser for radiographs)."""
-    try:
-        return read_image(upload.data, max_pixels=limits.max_pixels)
-    except ImagingError as exc:
-        raise request_error(exc, upload.name) from None
+    return decode_file(upload, limits, Inflation(limits))
 
 
 def check_modality(image: Image, allowed: tuple[str, ...], name: str, override: bool) -> None:
@@ -213,7 +322,5 @@ def check_modality(image: Image, allowed: tuple[str, ...], name: str, override: 
 
 def decode_series(uploads: list[Upload], limits: Limits) -> Volume:
     """Several DICOM uploads (one series) → :class:`Volume` in HU, ``(D, H, W)``."""
-    try:
-        return read_series([u.data for u in uploads])
-    except ImagingError as exc:
-        raise request_error(exc) from None
+    images = _decode_all(uploads, limits)
+    return _assemble([image for _, image in images], limits)

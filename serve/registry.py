@@ -18,7 +18,7 @@ from export.manifest import MANIFEST_NAME, Manifest, ManifestError
 from export.runtime import Runtime, load
 
 from .batching import Batcher
-from .inputs import RequestError
+from .errors import RequestError
 
 log = logging.getLogger("anatomix.serve")
 

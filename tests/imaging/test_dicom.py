@@ -226,3 +226,73 @@ def test_fuzzed_bytes_give_image_or_typed_error(data):
     except errors.ImagingError:
         return
     assert image.pixels.dtype == np.float32
+
+
+def _deflate_bomb(inflated: int, *, preamble: bool) -> bytes:
+    """A real CT re-encoded as Deflated Explicit VR Little Endian (1.2.840.10008.1.2.1.99) with a
+    trailing OB element of ``inflated`` zeros (about 1 kB per MiB); without the preamble and
+    ``DICM`` its file meta starts at byte 0."""
+    from imaging.fuzz.mutators import deflated
+
+    data = deflated(open(get_testdata_file("CT_small.dcm"), "rb").read(), padding=inflated)
+    return data if preamble else data[132:]
+
+
+@pytest.mark.parametrize("preamble", [True, False])
+def test_deflate_bomb_refused_with_or_without_preamble(preamble):
+    import time
+    import tracemalloc
+
+    bomb = _deflate_bomb(1 << 30, preamble=preamble)  # 1 GiB of zeros in ~1 MB
+    assert len(bomb) < 2 << 20
+    assert (bomb[128:132] == b"DICM") if preamble else bomb[:2] == b"\x02\x00"  # meta at byte 0
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(errors.ImageTooLargeError):
+            read_image(bomb, max_inflated=8 << 20)
+        seconds = time.perf_counter() - t0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert seconds < 2.0 and peak < 64 << 20, (seconds, peak)
+
+
+def test_deflated_dataset_without_preamble_still_decodes():
+    from imaging.fuzz.mutators import deflated
+
+    raw = open(get_testdata_file("CT_small.dcm"), "rb").read()
+    ref = read_image(raw)
+    for data in (deflated(raw), deflated(raw)[132:]):
+        image = read_image(data, max_inflated=1 << 20)
+        np.testing.assert_array_equal(image.pixels, ref.pixels)
+
+
+def test_max_inflated_caps_gzip_input_too():
+    raw = open(get_testdata_file("CT_small.dcm"), "rb").read()
+    with pytest.raises(errors.ImageTooLargeError):
+        read_image(gzip.compress(raw), max_inflated=len(raw) // 2)
+    assert read_image(gzip.compress(raw), max_inflated=len(raw)).pixels.shape == (128, 128)
+
+
+def test_damaged_gzip_data_is_a_typed_error():
+    data = gzip.compress(bytes(range(256)) * 400)
+    damaged = data[:20] + bytes(b ^ 0x55 for b in data[20:60]) + data[60:]  # zlib.error inside
+    with pytest.raises(errors.NotDicomError):
+        read_image(damaged)
+
+
+def test_assemble_series_of_decoded_slices_equals_read_series():
+    """Callers that decode each file under their own limits assemble the same volume."""
+    from imaging.phantoms import make_chest_ct
+    from imaging.series import assemble_series, read_series
+    from imaging.writers import ct_slice_datasets
+
+    slices = [to_bytes(ds) for ds in ct_slice_datasets(make_chest_ct(1, shape=(16, 16, 16)).volume)]
+    want = read_series(slices)
+    got = assemble_series([read_image(s) for s in reversed(slices)])
+    np.testing.assert_array_equal(got.voxels, want.voxels)
+    np.testing.assert_array_equal(got.affine, want.affine)
+    assert got.spacing == want.spacing and got.meta == want.meta
+    with pytest.raises(errors.InconsistentSeriesError):
+        assemble_series([])

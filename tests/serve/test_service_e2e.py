@@ -45,7 +45,7 @@ def _dcm(ds) -> bytes:
 def server(exports, tmp_path_factory):
     log = tmp_path_factory.mktemp("log") / "server.log"
     env = {
-        "ANATOMIX_API_KEYS": f"other-key,{KEY}",
+        "ANATOMIX_API_KEYS": f"other-key-0123456789,{KEY}",
         "ANATOMIX_MAX_UPLOAD_MB": "16",
         "ANATOMIX_MAX_FILES": "40",
         "ANATOMIX_MAX_LATENCY_MS": "20",

@@ -1,0 +1,574 @@
+"""The anatomix HTTP API: plain Starlette routes, so the service owns its request boundary.
+
+Every ``/v1`` request goes through one path (:func:`_handle`): API key → lane admission (503
+``busy`` when full) → the body read as a stream under the limits (:mod:`serve.forms`) → decoding
+in a killable, memory-capped process (:mod:`serve.decoder`) → the model → JSON. Client mistakes
+are a 4xx ``{"error", "detail"}``; a request whose client went away stops its work; its budget
+ends in a 504 ``timeout`` and the work really stops. ``/metrics`` uses route templates only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+import os
+import threading
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from imaging.preprocess import crop_geometry, prepare_radiograph, prepare_volume, radiograph_to_unit
+
+from .errors import Cancelled, RequestError
+from .forms import FormSpec, read_form
+from .lanes import Lane
+from .privacy import checked_modality, checked_uid
+from .registry import MODALITIES, LoadedModel
+from .sliding import sliding_window
+from .timing import StageTimer
+
+log = logging.getLogger("anatomix.serve")
+
+#: the ``allow_any_modality`` / ``model`` text fields every endpoint takes
+COMMON_FIELDS = {"allow_any_modality": 16, "model": 256}
+
+
+@dataclass
+class Budget:
+    """A request's deadline and cancellation, checked between the steps of its work."""
+
+    deadline: float
+    cancelled: threading.Event
+    seconds: float
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled()
+        if self.left() <= 0:
+            self.cancelled.set()  # anything still running for this request stops too
+            raise RequestError(
+                504, "timeout", f"the request took longer than its {self.seconds:.0f} s budget "
+                "and was stopped",
+            )  # fmt: skip
+
+
+class State:
+    """What the routes need; set once the BentoML service has loaded (see :mod:`serve.service`)."""
+
+    def __init__(self, *, limits, keys, registry, decoders, lanes, budgets, metrics, spool, gate,
+                 metrics_public: bool):  # fmt: skip
+        self.limits, self.keys, self.registry = limits, keys, registry
+        self.decoders: dict = decoders  # lane name → DecoderPool
+        self.lanes: dict[str, Lane] = lanes
+        self.budgets: dict[str, float] = budgets  # lane name → seconds per request
+        self.metrics, self.spool, self.gate = metrics, spool, gate
+        self.metrics_public = metrics_public
+
+
+STATE: State | None = None
+
+
+def _error(exc: RequestError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+def _flag(form, name: str) -> bool:
+    value = form.fields.get(name, "false").strip().lower()
+    if value not in ("1", "true", "yes", "0", "false", "no", ""):
+        raise RequestError(400, "bad_field", f"{name} must be true or false")
+    return value in ("1", "true", "yes")
+
+
+def _model_id(form) -> str | None:
+    return form.fields.get("model", "").strip() or None
+
+
+async def _watch_disconnect(request: Request, cancelled: threading.Event) -> None:
+    """Set ``cancelled`` when the client goes away (the body has been read by then)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            cancelled.set()
+            return
+
+
+async def _handle(request: Request, lane: str, spec: FormSpec, work: Callable) -> Response:
+    """The one path of every ``POST /v1`` endpoint (see the module docstring)."""
+    st = STATE
+    if st is None:
+        return _error(RequestError(503, "starting", "the service is starting; retry shortly",
+                                   {"Retry-After": "5"}))  # fmt: skip
+    if not st.keys.check(request.headers):
+        return _unauthorized()
+    cancelled = threading.Event()
+    seconds = st.budgets[lane]
+    budget = Budget(time.monotonic() + seconds, cancelled, seconds)
+    form = watcher = None
+    try:
+        async with st.lanes[lane].slot():
+            form = await read_form(
+                request.receive, request.headers, spec, st.limits, st.spool, cancelled=cancelled
+            )
+            watcher = asyncio.ensure_future(_watch_disconnect(request, cancelled))
+            timer = StageTimer()
+            body, media = await run_in_threadpool(work, st, form, budget, timer)
+    except RequestError as exc:
+        log.info("request refused: %s (%s)", exc.code, exc.status)
+        if st.metrics is not None:
+            st.metrics.refuse(_route(request), exc.code)
+        return _error(exc)
+    except Cancelled:
+        log.info("request cancelled: the client went away")
+        return Response(status_code=499)
+    finally:
+        cancelled.set()  # stops any work still running for this request
+        if watcher is not None:
+            watcher.cancel()
+        if form is not None:
+            form.close()
+    headers = {"Server-Timing": timer.header()}
+    if media == "application/json":
+        return JSONResponse(body, headers=headers)
+    headers["Content-Disposition"] = 'attachment; filename="seg.dcm"'
+    return Response(body, media_type=media, headers=headers)
+
+
+def _unauthorized() -> JSONResponse:
+    return _error(RequestError(401, "unauthorized", "a valid API key is required (header "
+                               "X-API-Key or Authorization: Bearer)"))  # fmt: skip
+
+
+def _route(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
+
+
+# --- the work of each endpoint (runs in a worker thread) ----------------------------------------
+
+
+def _uid_fields(img, name: str) -> dict:
+    return {
+        "study_uid": checked_uid(img.study_uid, f"{name}: StudyInstanceUID"),
+        "series_uid": checked_uid(img.series_uid, f"{name}: SeriesInstanceUID"),
+        "sop_uid": checked_uid(img.sop_uid, f"{name}: SOPInstanceUID"),
+    }
+
+
+def _check_modality(modality: str, allowed: tuple[str, ...], name: str, override: bool) -> None:
+    if override or not allowed:
+        return
+    valid = checked_modality(modality)
+    if valid in allowed:
+        return
+    got = valid or ("none" if not modality else "(not a valid code string)")
+    raise RequestError(
+        422, "wrong_modality",
+        f"{name}: modality {got} is not one this endpoint takes ({', '.join(allowed)}); "
+        "send allow_any_modality=true to run it anyway",
+    )  # fmt: skip
+
+
+def _files(form) -> list[tuple[str, object]]:
+    return [(f.filename, f.path) for f in form.files]
+
+
+def _radiographs(st: State, role: str, form, budget: Budget, timer: StageTimer, pair=False):
+    """Decode, check, preprocess and run radiographs → ``(model, images, outputs)``."""
+    m = st.registry.get(role, _model_id(form))
+    any_modality = _flag(form, "allow_any_modality")
+    if not form.files:
+        raise RequestError(400, "no_files", "the request carries no file")
+    with timer.stage("decode"):
+        images = st.decoders["cxr"].images(
+            _files(form), timeout=budget.left(), cancelled=budget.cancelled
+        )
+    if pair and len(images) != 2:
+        raise RequestError(400, "need_two_images", "send exactly two radiographs")
+    budget.check()
+    for name, img in images:
+        _check_modality(img.modality, MODALITIES["radiograph"], name, any_modality)
+    ids = [_uid_fields(img, name) for name, img in images]
+    with st.gate.urgent():
+        with timer.stage("preprocess"):
+            x = preprocessor(m)([radiograph_to_unit(img) for _, img in images])
+        budget.check()
+        with timer.stage("infer"):
+            out = m.predict(x)
+    return m, images, ids, out
+
+
+def classify_work(st: State, form, budget: Budget, timer: StageTimer):
+    m, images, ids, out = _radiographs(st, "cxr_classify", form, budget, timer)
+    results = []
+    for i, (name, _) in enumerate(images):
+        findings = {}
+        for o in m.manifest.outputs:
+            if o.meaning == "probabilities":
+                probs = out[o.name][i]
+                labels = o.labels or [str(k) for k in range(len(probs))]
+                findings[o.head or o.name] = {
+                    lab: round(float(p), 6) for lab, p in zip(labels, probs, strict=True)
+                }
+        results.append({"file": name, **ids[i], "findings": findings})
+    body = {"model": m.id, "label_sets": list(results[0]["findings"]), "results": results}
+    return body, "application/json"
+
+
+def embed_work(st: State, form, budget: Budget, timer: StageTimer):
+    m, images, ids, out = _radiographs(st, "embed", form, budget, timer)
+    emb = out["embedding"]
+    results = [
+        {"file": name, **ids[i], "embedding": [float(v) for v in emb[i]]}
+        for i, (name, _) in enumerate(images)
+    ]
+    return {"model": m.id, "dim": int(emb.shape[1]), "results": results}, "application/json"
+
+
+def parse_points(text: str | None) -> np.ndarray | None:
+    """``"row,col;row,col"`` → ``(N, 2)``; None when not given. At most 1,000 points of plain
+    decimal numbers (no exponent, at most 32 characters each), so parsing is cheap."""
+    if text is None or not text.strip():
+        return None
+    items = [item for item in text.split(";") if item.strip()]
+    if len(items) > 1000:
+        raise RequestError(413, "too_many_points", "at most 1000 query points per request")
+    bad = RequestError(400, "bad_points", "points must look like 'row,col;row,col' (decimals)")
+    pts = []
+    for item in items:
+        values = item.split(",")
+        if len(values) != 2 or any(len(v.strip()) > 32 for v in values):
+            raise bad
+        try:
+            pts.append([float(v) for v in values])
+        except ValueError:
+            raise bad from None
+    arr = np.asarray(pts, dtype=np.float64)
+    if not np.isfinite(arr).all() or np.abs(arr).max() > 1e6:
+        raise bad
+    return arr
+
+
+def correspond_work(st: State, form, budget: Budget, timer: StageTimer):
+    query = parse_points(form.fields.get("points"))
+    m, images, ids, out = _radiographs(st, "correspond", form, budget, timer, pair=True)
+    tokens = out["tokens"]  # 2, g, g, C
+    pre = m.manifest.preprocessing
+    geo = [crop_geometry(img.pixels.shape[-2:], pre) for _, img in images]
+    g = tokens.shape[1]
+    cell = geo[0].size / g
+    if query is None:
+        ticks = (np.arange(5) + 0.5) * geo[0].size / 5 - 0.5
+        grid = np.stack(np.meshgrid(ticks, ticks, indexing="ij"), -1).reshape(-1, 2)
+        query = geo[0].to_original(grid)
+    z = tokens.reshape(2, g * g, -1).astype(np.float64)
+    z /= np.linalg.norm(z, axis=-1, keepdims=True) + 1e-12
+    sim = z[0] @ z[1].T
+    cells = np.floor(geo[0].to_model(query) / cell)
+    inside = np.all((cells >= 0) & (cells < g), axis=1)
+    cells = np.clip(cells, 0, g - 1).astype(np.int64)
+    flat = cells[:, 0] * g + cells[:, 1]
+    best = sim[flat].argmax(axis=1)
+    centre = (np.stack([best // g, best % g], axis=1) + 0.5) * cell - 0.5
+    found = geo[1].to_original(centre)
+    matches = []
+    for i, p in enumerate(query):
+        ok = bool(inside[i])
+        matches.append({
+            "a": [float(p[0]), float(p[1])],
+            "b": [float(v) for v in found[i]] if ok else None,
+            "similarity": float(sim[flat[i], best[i]]) if ok else None,
+        })  # fmt: skip
+    body = {
+        "model": m.id,
+        "grid": int(g),
+        "images": [{"file": name, **ids[i]} for i, (name, _) in enumerate(images)],
+        "matches": matches,
+    }
+    return body, "application/json"
+
+
+def segment_series(st: State, form, budget: Budget, timer: StageTimer):
+    """Decode a series and segment it whole → ``(model, volume, masks (L, D, H, W), labels,
+    threshold)``; masks are on the model's grid (the series' own unless the manifest resamples)."""
+    m = st.registry.get("ct_segment", _model_id(form))
+    any_modality = _flag(form, "allow_any_modality")
+    if not form.files:
+        raise RequestError(400, "no_files", "the request carries no file")
+    with timer.stage("decode"):
+        volume = st.decoders["ct"].series(
+            _files(form), timeout=budget.left(), cancelled=budget.cancelled
+        )
+    budget.check()
+    _check_modality(volume.modality, MODALITIES["ct"], "the series", any_modality)
+    pre = m.manifest.preprocessing
+    with timer.stage("preprocess"):
+        x = prepare_volume(volume, pre)  # (1, X, Y, Z)
+    inf = m.manifest.inference
+    out_name = m.manifest.outputs[0].name
+
+    def predict(batch):
+        st.gate.yield_to_urgent()  # radiograph requests go first
+        budget.check()
+        return m.predict(batch)[out_name]
+
+    with timer.stage("infer"):
+        probs = sliding_window(
+            x, inf.get("roi_size", x.shape[1:]), predict,
+            overlap=float(inf.get("overlap", 0.5)), batch=SEGMENT_BATCH,
+        )  # fmt: skip
+    threshold = float(inf.get("threshold", 0.5))
+    labels = m.manifest.outputs[0].labels or [f"class_{k}" for k in range(len(probs))]
+    masks = (probs >= threshold).transpose(0, 3, 2, 1)  # (L, X, Y, Z) → (L, D, H, W)
+    return m, volume, masks, labels, threshold
+
+
+#: windows per model call in segmentation: small, so radiograph requests wait at most one call
+SEGMENT_BATCH = 2
+
+
+def segment_work(st: State, form, budget: Budget, timer: StageTimer):
+    m, volume, masks, labels, threshold = segment_series(st, form, budget, timer)
+    series_uid = checked_uid(volume.series_uid, "SeriesInstanceUID")
+    study_uid = checked_uid(volume.study_uid, "StudyInstanceUID")
+    spacing = m.manifest.preprocessing.spacing or volume.spacing  # (d, h, w) mm
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    result = {}
+    for label, mask in zip(labels, masks, strict=True):
+        n = int(mask.sum())
+        box = None
+        if n:
+            idx = np.argwhere(mask)
+            box = {"min": idx.min(0).tolist(), "max": idx.max(0).tolist()}
+        result[label] = {"voxels": n, "volume_ml": round(n * voxel_ml, 3), "bbox_dhw": box}
+    body = {
+        "model": m.id,
+        "series_uid": series_uid,
+        "study_uid": study_uid,
+        "shape_dhw": list(volume.voxels.shape),
+        "spacing_mm": [float(s) for s in spacing],
+        "threshold": threshold,
+        "labels": result,
+    }
+    return body, "application/json"
+
+
+def _source_headers(form, limits) -> list:
+    """The uploaded slices' headers (no pixel data), zip members included, for highdicom. The
+    decoder has already bounded the request (counts, inflation), so this reads known-good files."""
+    import pydicom
+
+    out = []
+    for f in form.files:
+        with open(f.path, "rb") as fh:
+            is_zip = fh.read(4) == b"PK\x03\x04"
+        if not is_zip:
+            out.append(pydicom.dcmread(f.path, force=True, stop_before_pixels=True))
+            continue
+        with zipfile.ZipFile(f.path) as zf:
+            for info in zf.infolist():
+                if not info.is_dir():
+                    with zf.open(info) as member:
+                        out.append(pydicom.dcmread(member, force=True, stop_before_pixels=True))
+        if len(out) > limits.max_files:
+            break
+    return out
+
+
+def segment_dcm_work(st: State, form, budget: Budget, timer: StageTimer):
+    from .seg import seg_bytes
+
+    m, volume, masks, labels, _ = segment_series(st, form, budget, timer)
+    if m.manifest.preprocessing.spacing is not None:
+        raise RequestError(422, "seg_not_on_source_grid", "this model resamples the series; "
+                           "its masks cannot be stored against the source slices")  # fmt: skip
+    try:
+        by_uid = {}
+        for ds in _source_headers(form, st.limits):
+            by_uid[checked_uid(str(ds.get("SOPInstanceUID", "")), "SOPInstanceUID")] = ds
+        sources = [by_uid[uid] for uid in volume.meta["sop_uids"]]
+    except RequestError:
+        raise
+    except Exception:  # noqa: BLE001 - decoded above, so this is an unusual file layout
+        raise RequestError(
+            422, "seg_not_possible", "the series cannot be referenced slice by slice (each CT "
+            "instance needs its own SOPInstanceUID and one frame)",
+        ) from None  # fmt: skip
+    try:
+        version = importlib.metadata.version("anatomix")
+    except importlib.metadata.PackageNotFoundError:
+        version = "0"
+    budget.check()
+    try:
+        return seg_bytes(sources, masks, labels, model_id=m.id, version=version), (
+            "application/dicom"
+        )
+    except (ValueError, TypeError, AttributeError) as exc:  # highdicom refuses the sources
+        raise RequestError(
+            422, "seg_not_possible",
+            f"no DICOM SEG for this series ({type(exc).__name__}: highdicom refused the sources)",
+        ) from None  # fmt: skip
+
+
+# --- preprocessing -------------------------------------------------------------------------------
+
+_preprocessors: dict[str, object] = {}
+_preprocessors_lock = threading.Lock()
+
+
+def preprocessor(model: LoadedModel):
+    """The model's preprocessing as ``list[(H, W) in [0, 1]] -> (N, C, S, S)``: a DALI pipeline
+    (GPU when there is one, CPU otherwise) built from the manifest, or imaging's NumPy reference
+    with ``ANATOMIX_PREPROCESS=numpy`` or where DALI is not installed."""
+    with _preprocessors_lock:  # concurrent first requests must not build two pipelines
+        if model.id not in _preprocessors:
+            _preprocessors[model.id] = _build_preprocessor(model)
+        return _preprocessors[model.id]
+
+
+def _build_preprocessor(model: LoadedModel):
+    pre = model.manifest.preprocessing
+    if os.environ.get("ANATOMIX_PREPROCESS", "dali") == "dali":
+        try:
+            from .preprocess import DaliPreprocessor
+
+            return DaliPreprocessor(pre, max_batch=max(8, model.runtime.max_batch))
+        except ImportError:
+            log.warning("DALI is not installed: preprocessing with NumPy")
+
+    def numpy_reference(items):
+        return np.stack([prepare_radiograph(x, pre)[0] for x in items])
+
+    return numpy_reference
+
+
+# --- routes --------------------------------------------------------------------------------------
+
+
+def _files_spec(limits) -> FormSpec:
+    return FormSpec(files={"files": limits.max_files}, fields=dict(COMMON_FIELDS))
+
+
+def _pair_spec(limits) -> FormSpec:
+    return FormSpec(files={"image_a": 1, "image_b": 1},
+                    fields={**COMMON_FIELDS, "points": 64 << 10})  # fmt: skip
+
+
+def _endpoint(lane: str, spec: Callable, work: Callable):
+    async def endpoint(request: Request) -> Response:
+        limits = STATE.limits if STATE is not None else None
+        return await _handle(request, lane, spec(limits) if limits else None, work)
+
+    return endpoint
+
+
+async def models_endpoint(request: Request) -> Response:
+    st = STATE
+    if st is None:
+        return _error(RequestError(503, "starting", "the service is starting; retry shortly"))
+    if not st.keys.check(request.headers):
+        return _unauthorized()
+    reg = st.registry
+    return JSONResponse({"models": [m.describe() for m in reg.models], "not_loaded": reg.problems})
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    st = STATE
+    if st is None:
+        return Response(b"", media_type="text/plain")
+    if not st.metrics_public and not st.keys.check(request.headers):
+        return _unauthorized()
+    body = await run_in_threadpool(st.metrics.render)
+    return Response(body, media_type=st.metrics.content_type)
+
+
+async def openapi_endpoint(request: Request) -> Response:
+    from .openapi import spec
+
+    try:
+        version = importlib.metadata.version("anatomix")
+    except importlib.metadata.PackageNotFoundError:
+        version = "0"
+    return JSONResponse(spec(version))
+
+
+async def not_found(request: Request) -> Response:
+    st = STATE
+    if st is not None and request.url.path.startswith("/v1") and not st.keys.check(request.headers):
+        return _unauthorized()  # no route discovery without a key
+    return _error(RequestError(404, "not_found", "no such endpoint; see /docs"))
+
+
+class MetricsMiddleware:
+    """Counts every answer of this app by route template, method and status (bounded labels)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        st = STATE
+        if scope["type"] != "http" or st is None or st.metrics is None:
+            return await self.app(scope, receive, send)
+        started, status = time.monotonic(), [500]
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        label = "unmatched"
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            label = st.metrics.route_label(getattr(scope.get("route"), "path", None))
+            st.metrics.observe(label, scope.get("method", "GET"), status[0], started)
+
+
+async def _http_error(request: Request, exc) -> Response:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+    return _error(RequestError(exc.status_code, code, str(exc.detail)))
+
+
+def build_app() -> Starlette:
+    """The routes; each endpoint's form spec names every accepted field (others are a 400)."""
+    from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
+
+    routes = [
+        Route("/v1/cxr/classify", _endpoint("cxr", _files_spec, classify_work), methods=["POST"]),
+        Route("/v1/embed", _endpoint("cxr", _files_spec, embed_work), methods=["POST"]),
+        Route(
+            "/v1/cxr/correspond", _endpoint("cxr", _pair_spec, correspond_work), methods=["POST"]
+        ),  # fmt: skip
+        Route("/v1/ct/segment", _endpoint("ct", _files_spec, segment_work), methods=["POST"]),
+        Route(
+            "/v1/ct/segment.dcm", _endpoint("ct", _files_spec, segment_dcm_work), methods=["POST"]
+        ),  # fmt: skip
+        Route("/v1/models", models_endpoint, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/docs.json", openapi_endpoint, methods=["GET"]),
+        Route("/v1/{rest:path}", not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(MetricsMiddleware)],
+        exception_handlers={HTTPException: _http_error},
+    )
+
+
+#: the route templates metrics label by (anything else is "unmatched")
+ROUTES = [
+    "/v1/cxr/classify", "/v1/embed", "/v1/cxr/correspond", "/v1/ct/segment",
+    "/v1/ct/segment.dcm", "/v1/models", "/metrics", "/docs.json",
+]  # fmt: skip

@@ -1,0 +1,81 @@
+"""The OpenAPI description of :mod:`serve.app`'s routes, served at ``/docs.json`` (``/docs`` shows
+it): every endpoint, its form fields and limits, and the error body every refusal shares."""
+
+from __future__ import annotations
+
+ERROR = {
+    "type": "object",
+    "required": ["error", "detail"],
+    "properties": {
+        "error": {"type": "string", "description": "a stable code, e.g. not_dicom, busy"},
+        "detail": {"type": "string", "description": "what was wrong, without patient values"},
+    },
+}
+REFUSALS = {
+    "400": "malformed request or file (bad_form, unknown_field, expected_file, not_dicom, ...)",
+    "401": "a valid API key is required (X-API-Key or Authorization: Bearer)",
+    "408": "the body did not arrive in time (upload_timeout)",
+    "413": "a limit was passed (upload_too_large, too_many_files, image_too_large, ...)",
+    "415": "not multipart/form-data, or an unsupported transfer syntax or photometric",
+    "422": "the file is valid DICOM but cannot be used (wrong_modality, invalid_uid, ...)",
+    "503": "busy (Retry-After) or no model serves the endpoint",
+    "504": "the request's time budget ran out; its work was stopped",
+}
+
+
+def _form(files: dict[str, str], fields: dict[str, str]) -> dict:
+    props = {name: {"type": "array", "items": {"type": "string", "format": "binary"},
+                    "description": text} for name, text in files.items()}  # fmt: skip
+    props |= {name: {"type": "string", "description": text} for name, text in fields.items()}
+    return {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {"type": "object", "properties": props,
+                                                       "required": list(files)}}},
+    }  # fmt: skip
+
+
+COMMON = {
+    "allow_any_modality": "true to run on any Modality (default: radiographs or CT only)",
+    "model": "the id of a loaded model (GET /v1/models); default: the best for the endpoint",
+}
+FILES = {"files": "DICOM files, .dcm.gz, or zip archives of them"}
+ENDPOINTS = {
+    "/v1/cxr/classify": ("Chest radiographs → probability per finding, per label set", FILES, {}),
+    "/v1/embed": ("Radiographs → one embedding vector each", FILES, {}),
+    "/v1/cxr/correspond": (
+        "Two radiographs → for each query point of A the matching point of B",
+        {"image_a": "radiograph A", "image_b": "radiograph B"},
+        {"points": "'row,col;row,col' in A's pixels (default: a 5 × 5 grid); at most 1000"},
+    ),
+    "/v1/ct/segment": ("A CT series → per label: voxels, volume (mL), bounding box", FILES, {}),
+    "/v1/ct/segment.dcm": ("A CT series → the masks as a DICOM SEG object", FILES, {}),
+}
+
+
+def spec(version: str = "0") -> dict:
+    paths = {}
+    for route, (summary, files, fields) in ENDPOINTS.items():
+        media = "application/dicom" if route.endswith(".dcm") else "application/json"
+        responses = {"200": {"description": "the result", "content": {media: {}}}}
+        responses |= {code: {"description": text,
+                             "content": {"application/json": {"schema": ERROR}}}
+                      for code, text in REFUSALS.items()}  # fmt: skip
+        body = _form(files, fields | COMMON)
+        security = [{"key": []}, {"bearer": []}]
+        paths[route] = {"post": {"summary": summary, "requestBody": body,
+                                 "responses": responses, "security": security}}  # fmt: skip
+    paths["/v1/models"] = {"get": {"summary": "The loaded models and exports that failed to load",
+                                   "responses": {"200": {"description": "models"}}}}  # fmt: skip
+    paths["/metrics"] = {"get": {"summary": "Prometheus metrics (key required when "
+                                 "ANATOMIX_METRICS_PUBLIC=0)",
+                                 "responses": {"200": {"description": "text format"}}}}  # fmt: skip
+    return {
+        "openapi": "3.0.2",
+        "info": {"title": "anatomix", "version": version,
+                 "description": "DICOM in, findings, masks, embeddings and correspondences out."},
+        "paths": paths,
+        "components": {"securitySchemes": {
+            "key": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            "bearer": {"type": "http", "scheme": "bearer"},
+        }},
+    }  # fmt: skip
