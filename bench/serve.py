@@ -160,7 +160,7 @@ def served(export_dir: Path, out: Path, inputs, mode: str, args) -> list[Phase]:
     env = {
         "ANATOMIX_PREPROCESS": mode,
         "ANATOMIX_MAX_BATCH": str(args.clients),
-        "ANATOMIX_API_THREADS": str(max(8, args.clients)),
+        "ANATOMIX_CXR_CONCURRENCY": str(max(8, args.clients)),  # every client at once
         "ANATOMIX_MAX_UPLOAD_MB": "64",
     }
     phases = []

@@ -18,6 +18,11 @@ Reported: resident memory at the end of the first minute (after warm-up) and at 
 growth per 10 minutes by a least-squares line over the samples after the first minute; errors
 (5xx, connection failures, or a good request not answered 200); p50/p99 latency of the first and
 the last minute per endpoint (drift). Writes ``<out>/results.json``. Not part of the test suite.
+
+``--fuzz-clients N`` (issue #16) adds N clients that send :mod:`serve.fuzz`'s hostile requests
+one after another (seed 7, consecutive iterations) with the upload limit at 16 MiB; each of their
+answers must pass :func:`serve.fuzz.check_answer` (no 5xx, a 4xx within 1 s, no planted
+identifier), or it counts as an error. They are reported as the route ``fuzz``.
 """
 
 from __future__ import annotations
@@ -83,10 +88,24 @@ def _rss_mb(server: launch.Server) -> float:
     return total / 2**20
 
 
-async def _soak(server: launch.Server, mix, clients: int, seconds: float, sample_s: float):
+async def _soak(server: launch.Server, mix, clients: int, seconds: float, sample_s: float,
+                fuzz_clients: int = 0):  # fmt: skip
     records, samples = [], []
     t0 = time.perf_counter()
     end = t0 + seconds
+
+    def fuzzer(k: int) -> None:
+        from serve.fuzz import Corpus, check_answer, make_case, send
+
+        corpus, i = Corpus(seed=7), k
+        while time.perf_counter() < end:
+            case = make_case(7, i, corpus, [])
+            i += fuzz_clients
+            start = time.perf_counter()
+            ans = send(server.url, case.path, case.headers, case.body, chunked=case.chunked,
+                       content_length=case.content_length)  # fmt: skip
+            ok = check_answer(case, ans, 1.0, 300.0) is None
+            records.append((start - t0, time.perf_counter() - start, "fuzz", ans.status, ok))
 
     async def worker(k: int, client: httpx.AsyncClient) -> None:
         i = k
@@ -110,7 +129,8 @@ async def _soak(server: launch.Server, mix, clients: int, seconds: float, sample
         samples.append((time.perf_counter() - t0, _rss_mb(server), len(records)))
 
     async with httpx.AsyncClient(timeout=300) as client:
-        await asyncio.gather(sampler(), *(worker(k, client) for k in range(clients)))
+        fuzz = [asyncio.to_thread(fuzzer, k) for k in range(fuzz_clients)]
+        await asyncio.gather(sampler(), *(worker(k, client) for k in range(clients)), *fuzz)
     return records, samples
 
 
@@ -157,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--sample", type=float, default=10.0, help="seconds between memory samples")
+    p.add_argument("--fuzz-clients", type=int, default=0, help="clients sending serve.fuzz cases")
     p.add_argument("--models", type=Path, default=ROOT / "exports")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "soak")
     args = p.parse_args(argv)
@@ -166,11 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     seconds = args.minutes * 60.0
     print(f"soak: {args.minutes:g} min, {args.clients} clients, {len(mix)} request kinds, "
           f"models {args.models}, {os.cpu_count()} cores", flush=True)  # fmt: skip
-    with launch.start(args.models, args.out / "server.log") as server:
-        records, samples = asyncio.run(_soak(server, mix, args.clients, seconds, args.sample))
+    env = {"ANATOMIX_MAX_UPLOAD_MB": "16"} if args.fuzz_clients else {}
+    with launch.start(args.models, args.out / "server.log", env=env) as server:
+        records, samples = asyncio.run(
+            _soak(server, mix, args.clients, seconds, args.sample, args.fuzz_clients)
+        )
         log = server.log()
     summary = summarise(records, samples, seconds)
     summary["server_log_tracebacks"] = log.count("Traceback")
+    summary["server_log_5xx"] = sum(1 for line in log.splitlines() if "status=5" in line)
+    summary["fuzz_requests"] = sum(1 for r in records if r[2] == "fuzz")
     print(json.dumps(summary, indent=1))
     (args.out / "results.json").write_text(json.dumps(
         {"argv": sys.argv, "summary": summary, "samples": samples}, indent=1))  # fmt: skip

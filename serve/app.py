@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import io
 import logging
 import os
 import threading
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -114,13 +114,14 @@ async def _handle(request: Request, lane: str, spec: FormSpec, work: Callable) -
         return _unauthorized()
     cancelled = threading.Event()
     seconds = st.budgets[lane]
-    budget = Budget(time.monotonic() + seconds, cancelled, seconds)
     form = watcher = None
     try:
         async with st.lanes[lane].slot():
             form = await read_form(
                 request.receive, request.headers, spec, st.limits, st.spool, cancelled=cancelled
             )
+            # the budget covers the work; waiting for a slot and the upload have their own bounds
+            budget = Budget(time.monotonic() + seconds, cancelled, seconds)
             watcher = asyncio.ensure_future(_watch_disconnect(request, cancelled))
             timer = StageTimer()
             body, media = await run_in_threadpool(work, st, form, budget, timer)
@@ -184,19 +185,27 @@ def _files(form) -> list[tuple[str, object]]:
     return [(f.filename, f.path) for f in form.files]
 
 
-def _radiographs(st: State, role: str, form, budget: Budget, timer: StageTimer, pair=False):
-    """Decode, check, preprocess and run radiographs → ``(model, images, outputs)``."""
+def _decode(st: State, role: str, lane: str, form, budget: Budget, timer: StageTimer,
+            headers: bool = False):  # fmt: skip
+    """The model for ``role`` and the form's files decoded by the lane's decoders (images for
+    radiographs, one volume for CT) → ``(model, allow_any_modality, decoded)``."""
     m = st.registry.get(role, _model_id(form))
     any_modality = _flag(form, "allow_any_modality")
     if not form.files:
         raise RequestError(400, "no_files", "the request carries no file")
+    pool, extra = st.decoders[lane], {"headers": True} if headers else {}
+    decode = pool.images if lane == "cxr" else pool.series
     with timer.stage("decode"):
-        images = st.decoders["cxr"].images(
-            _files(form), timeout=budget.left(), cancelled=budget.cancelled
-        )
+        decoded = decode(_files(form), timeout=budget.left(), cancelled=budget.cancelled, **extra)
+    budget.check()
+    return m, any_modality, decoded
+
+
+def _radiographs(st: State, role: str, form, budget: Budget, timer: StageTimer, pair=False):
+    """Decode, check, preprocess and run radiographs → ``(model, images, outputs)``."""
+    m, any_modality, images = _decode(st, role, "cxr", form, budget, timer)
     if pair and len(images) != 2:
         raise RequestError(400, "need_two_images", "send exactly two radiographs")
-    budget.check()
     for name, img in images:
         _check_modality(img.modality, MODALITIES["radiograph"], name, any_modality)
     ids = [_uid_fields(img, name) for name, img in images]
@@ -299,18 +308,14 @@ def correspond_work(st: State, form, budget: Budget, timer: StageTimer):
     return body, "application/json"
 
 
-def segment_series(st: State, form, budget: Budget, timer: StageTimer):
+def segment_series(st: State, form, budget: Budget, timer: StageTimer, headers: bool = False):
     """Decode a series and segment it whole → ``(model, volume, masks (L, D, H, W), labels,
-    threshold)``; masks are on the model's grid (the series' own unless the manifest resamples)."""
-    m = st.registry.get("ct_segment", _model_id(form))
-    any_modality = _flag(form, "allow_any_modality")
-    if not form.files:
-        raise RequestError(400, "no_files", "the request carries no file")
-    with timer.stage("decode"):
-        volume = st.decoders["ct"].series(
-            _files(form), timeout=budget.left(), cancelled=budget.cancelled
-        )
-    budget.check()
+    threshold, source headers or None)``; masks are on the model's grid (the series' own unless
+    the manifest resamples). ``headers``: also each file's header, for a DICOM SEG."""
+    m, any_modality, volume = _decode(st, "ct_segment", "ct", form, budget, timer, headers)
+    heads = None
+    if headers:
+        volume, heads = volume
     _check_modality(volume.modality, MODALITIES["ct"], "the series", any_modality)
     pre = m.manifest.preprocessing
     with timer.stage("preprocess"):
@@ -331,7 +336,7 @@ def segment_series(st: State, form, budget: Budget, timer: StageTimer):
     threshold = float(inf.get("threshold", 0.5))
     labels = m.manifest.outputs[0].labels or [f"class_{k}" for k in range(len(probs))]
     masks = (probs >= threshold).transpose(0, 3, 2, 1)  # (L, X, Y, Z) → (L, D, H, W)
-    return m, volume, masks, labels, threshold
+    return m, volume, masks, labels, threshold, heads
 
 
 #: windows per model call in segmentation: small, so radiograph requests wait at most one call
@@ -339,7 +344,7 @@ SEGMENT_BATCH = 2
 
 
 def segment_work(st: State, form, budget: Budget, timer: StageTimer):
-    m, volume, masks, labels, threshold = segment_series(st, form, budget, timer)
+    m, volume, masks, labels, threshold, _ = segment_series(st, form, budget, timer)
     series_uid = checked_uid(volume.series_uid, "SeriesInstanceUID")
     study_uid = checked_uid(volume.study_uid, "StudyInstanceUID")
     spacing = m.manifest.preprocessing.spacing or volume.spacing  # (d, h, w) mm
@@ -364,38 +369,19 @@ def segment_work(st: State, form, budget: Budget, timer: StageTimer):
     return body, "application/json"
 
 
-def _source_headers(form, limits) -> list:
-    """The uploaded slices' headers (no pixel data), zip members included, for highdicom. The
-    decoder has already bounded the request (counts, inflation), so this reads known-good files."""
+def segment_dcm_work(st: State, form, budget: Budget, timer: StageTimer):
     import pydicom
 
-    out = []
-    for f in form.files:
-        with open(f.path, "rb") as fh:
-            is_zip = fh.read(4) == b"PK\x03\x04"
-        if not is_zip:
-            out.append(pydicom.dcmread(f.path, force=True, stop_before_pixels=True))
-            continue
-        with zipfile.ZipFile(f.path) as zf:
-            for info in zf.infolist():
-                if not info.is_dir():
-                    with zf.open(info) as member:
-                        out.append(pydicom.dcmread(member, force=True, stop_before_pixels=True))
-        if len(out) > limits.max_files:
-            break
-    return out
-
-
-def segment_dcm_work(st: State, form, budget: Budget, timer: StageTimer):
     from .seg import seg_bytes
 
-    m, volume, masks, labels, _ = segment_series(st, form, budget, timer)
+    m, volume, masks, labels, _, heads = segment_series(st, form, budget, timer, headers=True)
     if m.manifest.preprocessing.spacing is not None:
         raise RequestError(422, "seg_not_on_source_grid", "this model resamples the series; "
                            "its masks cannot be stored against the source slices")  # fmt: skip
     try:
         by_uid = {}
-        for ds in _source_headers(form, st.limits):
+        for head in heads:  # headers re-encoded by the decoding process, without pixel data
+            ds = pydicom.dcmread(io.BytesIO(head), force=True)
             by_uid[checked_uid(str(ds.get("SOPInstanceUID", "")), "SOPInstanceUID")] = ds
         sources = [by_uid[uid] for uid in volume.meta["sop_uids"]]
     except RequestError:

@@ -132,7 +132,9 @@ def _max_rss() -> int:
 
 def _job(fd: int, request: dict) -> dict | None:
     """Run one request and send its answer; returns an error header instead of sending it."""
-    from serve.inputs import decode_files, decode_series_files
+    import numpy as np
+
+    from serve.inputs import decode_files, decode_series_files, series_headers
     from serve.limits import Limits
 
     op = request.get("op")
@@ -147,7 +149,11 @@ def _job(fd: int, request: dict) -> dict | None:
     elif op == "series":
         volume = decode_series_files(files, limits)
         header = {"ok": True, "rss": _max_rss(), "volume": _volume_fields(volume)}
-        send(fd, header, [volume.voxels])
+        # with "headers": each file's header without pixel data, for a DICOM SEG (so that the
+        # server never parses an upload itself)
+        heads = series_headers(files, limits) if request.get("headers") is True else []
+        arrays = [volume.voxels] + [np.frombuffer(h, dtype=np.uint8) for h in heads]
+        send(fd, header, arrays)
     elif op in ("sleep", "alloc") and os.environ.get(_HOOKS_ENV) == "1":
         _test_hook(op, request)
         send(fd, {"ok": True, "rss": _max_rss(), "images": []})
@@ -201,7 +207,7 @@ def _serve(fd_in: int, fd_out: int) -> None:
             send(fd_out, {**error, "rss": _max_rss(), "retire": retire})
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int = 0) -> None:
     """Linux: SIGKILL when the server dies; if it died before that was set, exit now."""
     if sys.platform.startswith("linux"):
         import ctypes
@@ -257,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the server's to handle
     _silence()
     _preload()
-    _die_with_parent(opts.parent)
+    die_with_parent(opts.parent)
     if opts.memory > 0:
         import resource
 

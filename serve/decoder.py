@@ -168,14 +168,25 @@ class DecoderPool:
         *,
         timeout: float | None = None,
         cancelled: threading.Event | None = None,
-    ) -> Volume:
+        headers: bool = False,
+    ):
         """Decode the files of one series (or zips of them) → :class:`Volume` in HU,
-        ``(D, H, W)``, at most ``limits.max_files`` slices; raises as :meth:`images`."""
-        header, arrays = self._run("series", files, timeout=timeout, cancelled=cancelled)
+        ``(D, H, W)``, at most ``limits.max_files`` slices; raises as :meth:`images`. With
+        ``headers``: ``(volume, [each file's header as Part-10 bytes without pixel data])``."""
+        extra = {"headers": True} if headers else {}
+        header, arrays = self._run("series", files, timeout=timeout, cancelled=cancelled, **extra)
         try:
-            return self._volume(self._field(header, "volume", dict), arrays)
+            volume = self._volume(self._field(header, "volume", dict), arrays[:1])
+            heads = [a.tobytes() for a in arrays[1:]]
+            if any(a.dtype != np.uint8 or a.ndim != 1 for a in arrays[1:]):
+                raise ValueError("headers")
         except (TypeError, ValueError, KeyError, IndexError):
             raise _undecodable() from None
+        if headers:
+            return volume, heads
+        if heads:
+            raise _undecodable()
+        return volume
 
     def close(self) -> None:
         """Kill every process; requests in flight get 422 ``undecodable``, later ones 503."""

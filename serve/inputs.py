@@ -302,6 +302,34 @@ def decode_series_files(files: list[tuple[str, str | os.PathLike]], limits: Limi
     return _assemble([image for _, image in images], limits)
 
 
+def series_headers(files: list[tuple[str, str | os.PathLike]], limits: Limits) -> list[bytes]:
+    """Each file's header (everything but the pixel data) re-encoded as explicit VR little endian
+    Part-10 bytes, for a DICOM SEG that references the slices; run after the series decoded, so
+    the same files are known to stay within the limits."""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    out = []
+    for upload in iter_files(files, limits, Inflation(limits)):
+        data = upload.data
+        try:
+            stream = io.BytesIO(data)
+            if data[:2] == GZIP_MAGIC:
+                stream = open_source(data, max_bytes=limits.max_inflated_bytes)
+            ds = pydicom.dcmread(stream, force=True, stop_before_pixels=True)
+            if not hasattr(ds, "file_meta") or ds.file_meta is None:
+                ds.file_meta = pydicom.dataset.FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=False, implicit_vr=False, little_endian=True)
+        except Exception:  # noqa: BLE001 - the slice decoded, but its header cannot be re-written
+            raise RequestError(
+                422, "seg_not_possible", f"{upload.name}: the header cannot be re-encoded"
+            ) from None
+        out.append(buf.getvalue())
+    return out
+
+
 def decode_image(upload: Upload, limits: Limits) -> Image:
     """One DICOM upload → :class:`Image` (HU for CT; higher is denser for radiographs)."""
     return decode_file(upload, limits, Inflation(limits))

@@ -10,16 +10,15 @@ malformed one (an empty API key, a non-numeric limit) stops the server with a me
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import signal
 import sys
 
 import bentoml
 
 from . import app as api
 from . import privacy
+from .decode_worker import die_with_parent
 
 log = logging.getLogger("anatomix.serve")
 
@@ -52,18 +51,6 @@ def _env_int(name: str, default: int) -> int:
     if value < 1:
         raise ConfigError(f"{name} must be at least 1, got {value}")
     return value
-
-
-def die_with_parent() -> None:
-    """Linux: this process gets SIGKILL when its parent dies, so stopping ``bentoml serve`` (even
-    with SIGKILL) never leaves an orphaned worker burning CPU."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        pass
 
 
 def build_state() -> api.State:
@@ -120,7 +107,8 @@ class AnatomixService:
 
     def __init__(self) -> None:
         _log_to_stderr()
-        die_with_parent()
+        # stopping `bentoml serve` (even with SIGKILL) must not leave this worker running
+        die_with_parent(os.getppid())
         api.STATE = build_state()
         st = api.STATE
         log.info("anatomix: %d model(s) loaded from %s; API keys %s", len(st.registry.models),

@@ -137,6 +137,27 @@ def test_series_as_files_and_as_zip_equals_read_series(pool, tmp_path):
     assert (err.status, err.code) == (422, "inconsistent_series")
 
 
+def test_series_headers_for_a_seg_are_the_sources_without_pixels(pool, tmp_path):
+    """The server never parses an upload: the SEG's source headers come from the child."""
+    import pydicom
+
+    from imaging.fuzz.mutators import deflated
+
+    slices = _series(7)
+    slices[3] = deflated(slices[3])  # a deflated slice's header comes back plain
+    files = [_write(tmp_path, f"{i}.dcm", s) for i, s in enumerate(slices)]
+    vol, heads = pool.series(files, headers=True)
+    assert len(heads) == len(slices)
+    np.testing.assert_array_equal(vol.voxels, read_series(slices).voxels)
+    for head, raw in zip(heads, slices, strict=True):
+        got = pydicom.dcmread(io.BytesIO(head))
+        want = pydicom.dcmread(io.BytesIO(raw), force=True)
+        assert "PixelData" not in got and got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        for keyword in ("SOPInstanceUID", "PatientID", "Rows", "ImagePositionPatient"):
+            assert got.get(keyword) == want.get(keyword), keyword
+    assert len(heads[3]) < len(slices[0]) // 2  # no pixel data travelled
+
+
 # -- bad input: its 4xx --------------------------------------------------------------------------
 
 
