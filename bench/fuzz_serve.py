@@ -43,6 +43,7 @@ from serve.fuzz import (  # noqa: E402
     deflate_bomb,
     good_case,
     gzip_bomb,
+    log_5xx,
     make_case,
     multipart,
     send,
@@ -281,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         log = server.log()
     results["log_tracebacks"] = log.count("Traceback")
     results["log_markers"] = log.count(MARKER)
-    results["log_5xx"] = sum(1 for line in log.splitlines() if "status=5" in line)
+    results["log_5xx_not_busy"] = log_5xx(log)
+    results["log_503_busy"] = log.count("status=503")
     print(json.dumps({k: v for k, v in results.items() if k != "attacks"}, indent=1))
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     allowed_200 = ("300-character file name", "identifiers in every text element (SEG)")

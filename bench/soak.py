@@ -47,6 +47,7 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
 
 from bench.demo_exports import ensure_demo_exports  # noqa: E402
 from serve import launch  # noqa: E402
+from serve.fuzz import log_5xx  # noqa: E402
 
 
 def _requests() -> list[tuple[str, list[tuple[str, bytes]], bool]]:
@@ -156,6 +157,10 @@ def summarise(records, samples, seconds: float) -> dict:
     after = [(t, m) for t, m, _ in samples if t >= 60.0] or [(t, m) for t, m, _ in samples]
     t, m = np.array([a[0] for a in after]), np.array([a[1] for a in after])
     slope = float(np.polyfit(t, m, 1)[0]) if len(t) >= 2 else 0.0  # MB per second
+    late = [(t_, m_) for t_, m_, _ in samples if t_ >= seconds / 2.0]
+    late_slope = 0.0
+    if len(late) >= 2:
+        late_slope = float(np.polyfit([a[0] for a in late], [a[1] for a in late], 1)[0])
     bad = [r for r in records if not r[4]]
     return {
         "requests": len(records),
@@ -166,6 +171,8 @@ def summarise(records, samples, seconds: float) -> dict:
         "rss_mb_end": float(m[-1]),
         "rss_mb_max": float(max(s[1] for s in samples)),
         "rss_growth_mb_per_10min": slope * 600.0,
+        # the measure: the least-squares slope over the second half (the last 30 of 60 min)
+        "rss_growth_mb_per_10min_second_half": late_slope * 600.0,
         "rss_mb_change_second_half": _half_change(samples),
         "first_minute": _window(records, 0.0, 60.0),
         "last_minute": _window(records, seconds - 60.0, seconds + 1.0),
@@ -195,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         log = server.log()
     summary = summarise(records, samples, seconds)
     summary["server_log_tracebacks"] = log.count("Traceback")
-    summary["server_log_5xx"] = sum(1 for line in log.splitlines() if "status=5" in line)
+    summary["server_log_5xx"] = log_5xx(log)
+    summary["server_log_503_busy"] = log.count("status=503")
     summary["fuzz_requests"] = sum(1 for r in records if r[2] == "fuzz")
     print(json.dumps(summary, indent=1))
     (args.out / "results.json").write_text(json.dumps(

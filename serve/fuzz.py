@@ -574,7 +574,10 @@ def check_answer(case: Case, ans: Answer, refusal_budget_s: float, budget_s: flo
         return None if case.refused and ans.error in ("no answer",) else f"transport: {ans.error}"
     if ans.status >= 500:
         return f"status {ans.status}: {ans.text[:200]}"
-    if MARKER.encode() in ans.body or MARKER.lower().encode() in ans.body.lower():
+    # a DICOM SEG answer carries the source's patient and study modules by design (it must join the
+    # patient's record in the PACS); everything else must not hold a planted identifier
+    is_seg = ans.headers.get("content-type", "").startswith("application/dicom")
+    if not is_seg and (MARKER.encode() in ans.body or MARKER.lower().encode() in ans.body.lower()):
         return "a planted identifier is in the answer"
     if case.refused and not 400 <= ans.status < 500:
         return f"expected a 4xx, got {ans.status}"
@@ -591,6 +594,12 @@ def check_answer(case: Case, ans: Answer, refusal_budget_s: float, budget_s: flo
     if ans.seconds > limit:
         return f"took {ans.seconds:.2f} s (budget {limit:.1f} s)"
     return None
+
+
+def log_5xx(log: str) -> int:
+    """Server-log request lines with a 5xx other than 503 ``busy`` (a full lane's deliberate
+    refusal, counted apart)."""
+    return sum(1 for line in log.splitlines() if "status=5" in line and "status=503" not in line)
 
 
 def run_campaign(

@@ -70,7 +70,7 @@ def test_malformed_limits_stop_the_start(value):
 def test_limits_from_env_and_inflate_budget():
     limits = Limits.from_env({"ANATOMIX_MAX_UPLOAD_MB": "16", "ANATOMIX_DECODE_TIMEOUT_S": "2.5"})
     assert limits.max_body_bytes == 16 << 20 and limits.decode_timeout_s == 2.5
-    assert limits.inflate_budget(1 << 20, 1 << 40) == 100 << 20  # the ratio
+    assert limits.inflate_budget(1 << 20, 1 << 40) == 32 << 20  # the ratio
     assert limits.inflate_budget(10, 1 << 40) == limits.inflate_floor_bytes  # the floor
     assert limits.inflate_budget(1 << 30, 5) == 5  # the request's remaining absolute cap
 
