@@ -23,7 +23,7 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from imaging.preprocess import crop_geometry, prepare_radiograph, prepare_volume, radiograph_to_unit
@@ -544,6 +544,8 @@ def build_app() -> Starlette:
         Route("/v1/models", models_endpoint, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/docs.json", openapi_endpoint, methods=["GET"]),
+        # the interactive documentation is BentoML's Swagger UI at / (it reads /docs.json)
+        Route("/docs", lambda request: RedirectResponse("/", status_code=307), methods=["GET"]),
         Route("/v1/{rest:path}", not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
     ]
     return Starlette(

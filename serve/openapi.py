@@ -69,6 +69,18 @@ def spec(version: str = "0") -> dict:
     paths["/metrics"] = {"get": {"summary": "Prometheus metrics (key required when "
                                  "ANATOMIX_METRICS_PUBLIC=0)",
                                  "responses": {"200": {"description": "text format"}}}}  # fmt: skip
+    paths["/docs.json"] = {"get": {"summary": "This document (OpenAPI 3)",
+                                   "responses": {"200": {"description": "JSON"}}}}  # fmt: skip
+    paths["/docs"] = {"get": {"summary": "Redirects to the interactive documentation at /",
+                              "responses": {"307": {"description": "to /"}}}}  # fmt: skip
+    probes = {
+        "/livez": "the process is up",
+        "/healthz": "the process is up",
+        "/readyz": "at least one model is loaded (503 with the reason otherwise)",
+    }
+    for route, text in probes.items():  # BentoML's own routes, described here for operators
+        paths[route] = {"get": {"summary": text, "responses": {
+            "200": {"description": "yes"}, "503": {"description": "no, and why"}}}}  # fmt: skip
     return {
         "openapi": "3.0.2",
         "info": {"title": "anatomix", "version": version,

@@ -78,6 +78,16 @@ class ModelRegistry:
                      rt.backend)  # fmt: skip
         return cls(models, root, problems)
 
+    def not_ready(self) -> str | None:
+        """Why this registry cannot serve (None when at least one model is loaded). Names no
+        server path: ``/readyz`` answers unauthenticated clients."""
+        if self.models:
+            return None
+        if self.problems:
+            return (f"no model is loaded: all {len(self.problems)} export(s) under "
+                    "ANATOMIX_MODELS failed to load (the server log names each)")  # fmt: skip
+        return "no model is loaded: ANATOMIX_MODELS holds no export (*/manifest.json)"
+
     def get(self, role: str, model_id: str | None = None) -> LoadedModel:
         """The model for ``role`` (or the one named ``model_id``, if it can serve the role)."""
         families, tasks = ROLES[role]

@@ -113,3 +113,14 @@ class AnatomixService:
         st = api.STATE
         log.info("anatomix: %d model(s) loaded from %s; API keys %s", len(st.registry.models),
                  st.registry.root, "required" if st.keys.required else "not required")  # fmt: skip
+        if st.registry.not_ready():
+            log.error("not ready: %s", st.registry.not_ready())
+
+    def __is_ready__(self) -> bool:
+        """``/readyz``: 503 saying why until a model is loaded (BentoML answers 200 otherwise)."""
+        reason = api.STATE.registry.not_ready() if api.STATE else "starting"
+        if reason:
+            from starlette.exceptions import HTTPException
+
+            raise HTTPException(status_code=503, detail=reason)  # BentoML's own text says nothing
+        return True
