@@ -36,7 +36,10 @@ lint: $(STAMP)  ## ruff lint and format check
 	$(PY) -m ruff format --check .
 
 serve: $(STAMP)  ## build demo models if ./exports has none, then bentoml on 127.0.0.1:3000
-	@if ! ls $${ANATOMIX_MODELS:-exports}/*/manifest.json >/dev/null 2>&1; then \
+	@if [ -e $${ANATOMIX_MODELS:-exports}/.demo-incomplete ]; then \
+	  echo "make serve: the demo build in $${ANATOMIX_MODELS:-exports}/ was interrupted: resuming it"; \
+	  $(PY) scripts/demo_models.py --exports $${ANATOMIX_MODELS:-exports} || exit 1; \
+	elif ! ls $${ANATOMIX_MODELS:-exports}/*/manifest.json >/dev/null 2>&1; then \
 	  echo "make serve: no model under $${ANATOMIX_MODELS:-exports}/: building the demo models from synthetic data (minutes)"; \
 	  $(PY) scripts/demo_models.py --exports $${ANATOMIX_MODELS:-exports} || exit 1; fi
 	MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-2} $(VENV)/bin/bentoml serve serve.service:AnatomixService --host 127.0.0.1 --port 3000
