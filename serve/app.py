@@ -414,18 +414,37 @@ _preprocessors_lock = threading.Lock()
 
 
 def preprocessor(model: LoadedModel):
-    """The model's preprocessing as ``list[(H, W) in [0, 1]] -> (N, C, S, S)``: a DALI pipeline
-    (GPU when there is one, CPU otherwise) built from the manifest, or imaging's NumPy reference
-    with ``ANATOMIX_PREPROCESS=numpy`` or where DALI is not installed."""
+    """The model's preprocessing as ``list[(H, W) in [0, 1]] -> (N, C, S, S)``: imaging's NumPy
+    reference on a CPU (measured 2-6x faster than DALI's CPU pipeline, which also serialises
+    requests: bench/RESULTS.md, "Serving"), a DALI GPU pipeline built from the manifest when a GPU
+    is visible and DALI installed. ``ANATOMIX_PREPROCESS`` = ``auto`` (default), ``numpy`` or
+    ``dali`` (DALI even on a CPU)."""
     with _preprocessors_lock:  # concurrent first requests must not build two pipelines
         if model.id not in _preprocessors:
             _preprocessors[model.id] = _build_preprocessor(model)
         return _preprocessors[model.id]
 
 
+def preprocess_mode() -> str:
+    """``numpy`` or ``dali``, as ``ANATOMIX_PREPROCESS`` and the machine decide."""
+    mode = os.environ.get("ANATOMIX_PREPROCESS", "auto").strip().lower()
+    if mode not in ("auto", "numpy", "dali"):
+        from .limits import ConfigError
+
+        raise ConfigError(f"ANATOMIX_PREPROCESS must be auto, numpy or dali, got {mode!r}")
+    if mode != "auto":
+        return mode
+    try:
+        from .preprocess import _cuda_visible, fn
+
+        return "dali" if fn is not None and _cuda_visible() else "numpy"
+    except ImportError:
+        return "numpy"
+
+
 def _build_preprocessor(model: LoadedModel):
     pre = model.manifest.preprocessing
-    if os.environ.get("ANATOMIX_PREPROCESS", "dali") == "dali":
+    if preprocess_mode() == "dali":
         try:
             from .preprocess import DaliPreprocessor
 

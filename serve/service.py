@@ -65,6 +65,7 @@ def build_state() -> api.State:
 
     limits = Limits.from_env()
     keys = ApiKeys.from_env()
+    log.info("radiograph preprocessing: %s", api.preprocess_mode())  # checks ANATOMIX_PREPROCESS
     public = os.environ.get("ANATOMIX_METRICS_PUBLIC", "1").strip()
     if public not in ("0", "1"):
         raise ConfigError(f"ANATOMIX_METRICS_PUBLIC must be 0 or 1, got {public!r}")

@@ -182,3 +182,15 @@ def test_metric_labels_stay_bounded():
     assert "/v1/random" not in text and "M1999" not in text
     assert 'route="unmatched"' in text and 'route="/v1/cxr/classify"' in text
     assert len(text) < 20_000
+
+
+def test_preprocess_mode_defaults_to_numpy_on_a_cpu_and_refuses_unknown_values(monkeypatch):
+    from serve.app import preprocess_mode
+
+    monkeypatch.delenv("ANATOMIX_PREPROCESS", raising=False)
+    assert preprocess_mode() == "numpy"  # no GPU here: DALI's CPU pipeline is the slower one
+    monkeypatch.setenv("ANATOMIX_PREPROCESS", "dali")
+    assert preprocess_mode() == "dali"
+    monkeypatch.setenv("ANATOMIX_PREPROCESS", "opencv")
+    with pytest.raises(ConfigError, match="ANATOMIX_PREPROCESS"):
+        preprocess_mode()
