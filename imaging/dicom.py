@@ -239,7 +239,10 @@ def decode_dataset(
     else:
         values = arr
         if photometric == "MONOCHROME1":
-            values = px.invert_monochrome1(values, geom["bits_stored"], geom["signed"])
+            if "ModalityLUTSequence" not in ds and geom["bits_stored"] <= 24:
+                values = px.invert_monochrome1_float(values, geom["bits_stored"], geom["signed"])
+            else:  # a Modality LUT indexes with the inverted integers
+                values = px.invert_monochrome1(values, geom["bits_stored"], geom["signed"])
             if window_center is not None:
                 pivot = px.monochrome1_pivot(geom["bits_stored"], geom["signed"])
                 window_center = slope[0] * pivot + 2 * intercept[0] - window_center
