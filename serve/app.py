@@ -115,15 +115,16 @@ async def _handle(request: Request, lane: str, spec: FormSpec, work: Callable) -
     cancelled = threading.Event()
     seconds = st.budgets[lane]
     form = watcher = None
+    timer, queued = StageTimer(), time.perf_counter()
     try:
         async with st.lanes[lane].slot():
+            timer.ms["queue"] = (time.perf_counter() - queued) * 1000.0
             form = await read_form(
                 request.receive, request.headers, spec, st.limits, st.spool, cancelled=cancelled
             )
             # the budget covers the work; waiting for a slot and the upload have their own bounds
             budget = Budget(time.monotonic() + seconds, cancelled, seconds)
             watcher = asyncio.ensure_future(_watch_disconnect(request, cancelled))
-            timer = StageTimer()
             body, media = await run_in_threadpool(work, st, form, budget, timer)
     except RequestError as exc:
         log.info("request refused: %s (%s)", exc.code, exc.status)
@@ -139,6 +140,8 @@ async def _handle(request: Request, lane: str, spec: FormSpec, work: Callable) -
             watcher.cancel()
         if form is not None:
             form.close()
+        if st.metrics is not None:
+            st.metrics.stages(_route(request), timer.ms)
     headers = {"Server-Timing": timer.header()}
     if media == "application/json":
         return JSONResponse(body, headers=headers)

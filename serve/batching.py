@@ -31,6 +31,7 @@ class Batcher:
         self, fn: Callable[[np.ndarray], dict], max_batch: int = 8, max_latency_ms: float = 10.0
     ):
         self.fn, self.max_batch = fn, max(1, int(max_batch))
+        self.on_batch: Callable[[int], None] | None = None  # told each call's size (metrics)
         self.max_latency = max(0.0, float(max_latency_ms)) / 1000.0
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="anatomix-batcher", daemon=True)
@@ -71,6 +72,8 @@ class Batcher:
     def _loop(self) -> None:
         while True:
             jobs = self._gather()
+            if self.on_batch is not None:
+                self.on_batch(sum(len(items) for items, _ in jobs))
             try:
                 out = self.fn(np.concatenate([items for items, _ in jobs]))
             except BaseException as exc:  # noqa: BLE001 - every waiting request gets the error

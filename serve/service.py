@@ -89,6 +89,8 @@ def build_state() -> api.State:
     }
     registry = ModelRegistry.from_dir()
     metrics.models.set(len(registry.models))
+    for m in registry.models:  # model ids are the loaded exports: a bounded label set
+        m.batcher.on_batch = metrics.batch_size.labels(m.id).observe
     return api.State(
         limits=limits, keys=keys, registry=registry, decoders=decoders, lanes=lanes,
         budgets=budgets, metrics=metrics, spool=spool_root(), gate=PriorityGate(),
