@@ -13,7 +13,6 @@ import asyncio
 import importlib.metadata
 import io
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -68,13 +67,13 @@ class State:
     """What the routes need; set once the BentoML service has loaded (see :mod:`serve.service`)."""
 
     def __init__(self, *, limits, keys, registry, decoders, lanes, budgets, metrics, spool, gate,
-                 metrics_public: bool):  # fmt: skip
+                 metrics_public: bool, preprocess: str = "auto"):  # fmt: skip
         self.limits, self.keys, self.registry = limits, keys, registry
         self.decoders: dict = decoders  # lane name → DecoderPool
         self.lanes: dict[str, Lane] = lanes
         self.budgets: dict[str, float] = budgets  # lane name → seconds per request
         self.metrics, self.spool, self.gate = metrics, spool, gate
-        self.metrics_public = metrics_public
+        self.metrics_public, self.preprocess = metrics_public, preprocess
 
 
 STATE: State | None = None
@@ -428,13 +427,9 @@ def preprocessor(model: LoadedModel):
         return _preprocessors[model.id]
 
 
-def preprocess_mode() -> str:
-    """``numpy`` or ``dali``, as ``ANATOMIX_PREPROCESS`` and the machine decide."""
-    mode = os.environ.get("ANATOMIX_PREPROCESS", "auto").strip().lower()
-    if mode not in ("auto", "numpy", "dali"):
-        from .limits import ConfigError
-
-        raise ConfigError(f"ANATOMIX_PREPROCESS must be auto, numpy or dali, got {mode!r}")
+def preprocess_mode(mode: str = "auto") -> str:
+    """``numpy`` or ``dali`` for the setting ``mode`` (``auto``, ``numpy``, ``dali``) on this
+    machine."""
     if mode != "auto":
         return mode
     try:
@@ -447,7 +442,7 @@ def preprocess_mode() -> str:
 
 def _build_preprocessor(model: LoadedModel):
     pre = model.manifest.preprocessing
-    if preprocess_mode() == "dali":
+    if preprocess_mode(STATE.preprocess if STATE else "auto") == "dali":
         try:
             from .preprocess import DaliPreprocessor
 

@@ -8,7 +8,6 @@ runs the model once and hands every request its own rows back. Exports are batch
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -36,13 +35,6 @@ class Batcher:
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="anatomix-batcher", daemon=True)
         self._thread.start()
-
-    @classmethod
-    def from_env(cls, fn, max_batch: int) -> Batcher:
-        """``ANATOMIX_MAX_BATCH`` / ``ANATOMIX_MAX_LATENCY_MS`` override the defaults."""
-        mb = int(os.environ.get("ANATOMIX_MAX_BATCH", max_batch))
-        ms = float(os.environ.get("ANATOMIX_MAX_LATENCY_MS", 10.0))
-        return cls(fn, min(mb, max_batch), ms)
 
     def submit(self, items: np.ndarray) -> Future:
         """Queue ``items`` (N, ...); the future gives ``{name: (N, ...)}``."""

@@ -45,3 +45,24 @@ def test_every_route_is_in_the_openapi_document():
         assert route.path in paths and methods <= set(paths[route.path]), route.path
     for probe in ("/readyz", "/livez", "/healthz"):
         assert probe in paths
+
+
+def test_json_log_format_gives_one_object_per_worker_line(exports, tmp_path):
+    import json
+
+    log = tmp_path / "server.log"
+    server = launch.start(exports, log, env={"ANATOMIX_LOG_FORMAT": "json"})
+    try:
+        assert httpx.get(server.url + "/v1/models", timeout=30).status_code == 200
+        bad = httpx.post(server.url + "/v1/cxr/classify", files={"files": ("a.dcm", b"junk")})
+        assert bad.status_code == 400
+        code = bad.json()["error"]
+    finally:
+        server.stop()
+    lines = log.read_text().splitlines()
+    # the worker's lines from its start on: ours and BentoML's request lines alike
+    first = next(i for i, ln in enumerate(lines) if '"logger": "anatomix' in ln)
+    objects = [json.loads(ln) for ln in lines[first:] if ln.strip()]
+    messages = " ".join(o["message"] for o in objects)
+    assert "model(s) loaded" in messages and f"request refused: {code}" in messages
+    assert any("/v1/cxr/classify" in o["message"] for o in objects if o["logger"] != "anatomix")
