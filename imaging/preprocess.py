@@ -353,8 +353,8 @@ class CropGeometry:
     """Original image pixels ↔ model input pixels: resize to ``resized_hw``, then crop ``size``².
 
     Coordinates are continuous ``(row, col)`` with integer values at pixel centres, matching the
-    half-pixel resampling of :func:`resize_bilinear` (same semantics as models/peac.py
-    ``CropTransform``).
+    half-pixel resampling of :func:`resize_bilinear`. The one definition: models/peac.py's
+    ``CropTransform`` is this class.
 
     Attributes:
         original_hw: ``(H, W)`` of the original image.
