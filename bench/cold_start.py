@@ -29,7 +29,8 @@ from serve.launch import free_port  # noqa: E402
 
 
 def du_mb(path: Path) -> float:
-    out = subprocess.run(["du", "-sk", str(path.resolve())], capture_output=True, text=True, check=True)
+    cmd = ["du", "-sk", str(path.resolve())]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return int(out.stdout.split()[0]) / 1024
 
 
@@ -75,12 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.rounds):
         for v in args.venvs:
             times[v].append(cold_start(v, models, film))
-    print(f"{'venv':<14} {'size MB':>9} {'to /readyz s (median, all)':>34} {'to first answer s':>20}")
+    print(f"{'venv':<14} {'size MB':>9}  to /readyz s (median; all)  to first answer s (median)")
     for v in args.venvs:
         ready = [t[0] for t in times[v]]
         first = [t[1] for t in times[v]]
-        print(f"{v.name:<14} {du_mb(v):>9.0f} {statistics.median(ready):>8.2f} "
-              f"({', '.join(f'{x:.2f}' for x in ready)}) {statistics.median(first):>14.2f}")  # fmt: skip
+        runs = ", ".join(f"{x:.2f}" for x in ready)
+        print(f"{v.name:<14} {du_mb(v):>9.0f}  {statistics.median(ready):.2f} ({runs})"
+              f"  {statistics.median(first):.2f}")  # fmt: skip
     return 0
 
 
