@@ -528,6 +528,22 @@ def _floats(value) -> list[float] | None:
         return None
 
 
+#: ViewPosition (0018,5101) defined terms (PS3.3 C.8.11.5 and C.8.11.7); anything else is "" so
+#: that no free text (an identifier, say) travels in the metadata
+VIEW_POSITIONS = frozenset({
+    "AP", "PA", "LL", "RL", "RLD", "LLD", "RLO", "LLO", "LATERAL", "LAT", "AP AXIAL", "PA AXIAL",
+    "LPO", "RPO", "LAO", "RAO", "OBLIQUE", "ORTHOGONAL",
+})  # fmt: skip
+
+
+def _view_position(ds) -> str:
+    try:
+        value = str(ds.get("ViewPosition", "") or "").strip().upper()
+    except Exception:  # noqa: BLE001 - an unparsable value is no view
+        return ""
+    return value if value in VIEW_POSITIONS else ""
+
+
 def _technical_meta(ds, geom, tsyntax, slope, intercept) -> dict:
     """Non-identifying attributes that later stages (series assembly, serving) need."""
     meta = {
@@ -542,6 +558,7 @@ def _technical_meta(ds, geom, tsyntax, slope, intercept) -> dict:
         "image_orientation": _floats(ds.get("ImageOrientationPatient")),
         "slice_thickness": _first_float(ds.get("SliceThickness")),
         "color_converted": geom["photometric"] in px.COLOR_PHOTOMETRICS,
+        "view_position": _view_position(ds),
     }
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame and geom["frames"] > 1:

@@ -11,13 +11,21 @@ ERROR = {
         "detail": {"type": "string", "description": "what was wrong, without patient values"},
     },
 }
+#: the input guard's warnings (serve.guard), part of every result
+OK = (
+    "the result; each result (CT: the answer; segment.dcm: the X-Anatomix-Warnings header) carries "
+    "input guard warnings [{code, detail, file}]: unexpected_modality, lateral_view, unknown_view, "
+    "intensity_out_of_distribution, small_input, implausible_hu, missing_spacing, "
+    "anisotropic_spacing"
+)
 REFUSALS = {
     "400": "malformed request or file (bad_form, unknown_field, expected_file, not_dicom, ...)",
     "401": "a valid API key is required (X-API-Key or Authorization: Bearer)",
     "408": "the body did not arrive in time (upload_timeout)",
     "413": "a limit was passed (upload_too_large, too_many_files, image_too_large, ...)",
     "415": "not multipart/form-data, or an unsupported transfer syntax or photometric",
-    "422": "the file is valid DICOM but cannot be used (wrong_modality, invalid_uid, ...)",
+    "422": "the file is valid DICOM but cannot be used (wrong_modality, invalid_uid, ...), or an "
+    "input guard warning this deployment refuses (ANATOMIX_REFUSE_WARNINGS)",
     "503": "busy (Retry-After) or no model serves the endpoint",
     "504": "the request's time budget ran out; its work was stopped",
 }
@@ -56,7 +64,7 @@ def spec(version: str = "0") -> dict:
     paths = {}
     for route, (summary, files, fields) in ENDPOINTS.items():
         media = "application/dicom" if route.endswith(".dcm") else "application/json"
-        responses = {"200": {"description": "the result", "content": {media: {}}}}
+        responses = {"200": {"description": OK, "content": {media: {}}}}
         responses |= {code: {"description": text,
                              "content": {"application/json": {"schema": ERROR}}}
                       for code, text in REFUSALS.items()}  # fmt: skip

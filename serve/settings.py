@@ -54,6 +54,7 @@ class Settings:
     spool_dir: Path | None = None  # ANATOMIX_SPOOL_DIR (default: the temp dir)
     log_level: str = "INFO"  # ANATOMIX_LOG_LEVEL
     log_format: str = "text"  # ANATOMIX_LOG_FORMAT: text | json
+    refuse_warnings: frozenset = frozenset()  # ANATOMIX_REFUSE_WARNINGS: serve.guard codes
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -82,6 +83,7 @@ class Settings:
             log_level=r.choice("ANATOMIX_LOG_LEVEL", "INFO",
                                ("DEBUG", "INFO", "WARNING", "ERROR"), upper=True),
             log_format=r.choice("ANATOMIX_LOG_FORMAT", "text", ("text", "json")),
+            refuse_warnings=r.codes("ANATOMIX_REFUSE_WARNINGS"),
         )  # fmt: skip
         r.check_unknown()
         return settings
@@ -97,7 +99,7 @@ KNOWN = {
     "ANATOMIX_LOG_FORMAT", "ANATOMIX_MAX_UPLOAD_MB", "ANATOMIX_MAX_FILES",
     "ANATOMIX_MAX_UNZIPPED_MB", "ANATOMIX_MAX_INFLATE_RATIO", "ANATOMIX_MAX_IMAGE_MPX",
     "ANATOMIX_MAX_STUDY_MPX", "ANATOMIX_UPLOAD_TIMEOUT_S", "ANATOMIX_DECODE_TIMEOUT_S",
-    "ANATOMIX_DECODE_MEMORY_MB", *AUTH_VARIABLES,
+    "ANATOMIX_DECODE_MEMORY_MB", "ANATOMIX_REFUSE_WARNINGS", *AUTH_VARIABLES,
 }  # fmt: skip
 
 
@@ -141,6 +143,18 @@ class _Reader:
         if value not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
         return value
+
+    def codes(self, name: str) -> frozenset:
+        """A comma-separated list of :data:`serve.guard.CODES`."""
+        from .guard import CODES
+
+        raw = self.env.get(name) or ""
+        codes = frozenset(c.strip().lower() for c in raw.split(",") if c.strip())
+        unknown = sorted(codes - set(CODES))
+        if unknown:
+            raise ConfigError(f"{name}: unknown warning code(s) {', '.join(unknown)} (known: "
+                              f"{', '.join(CODES)})")  # fmt: skip
+        return codes
 
     def check_unknown(self) -> None:
         for name in sorted(k for k in self.env if k.startswith("ANATOMIX_")):
