@@ -7,7 +7,7 @@ EXTRAS ?= dev
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: help install lock test test-fast lint serve clean
+.PHONY: help install install-serve lock test test-fast lint serve serve-only clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -36,10 +36,27 @@ lint: $(STAMP)  ## ruff lint and format check
 	$(PY) -m ruff format --check .
 
 serve: $(STAMP)  ## build demo models if ./exports has none, then bentoml on 127.0.0.1:3000
-	@if ! ls $${ANATOMIX_MODELS:-exports}/*/manifest.json >/dev/null 2>&1; then \
+	@if [ -e $${ANATOMIX_MODELS:-exports}/.demo-incomplete ]; then \
+	  echo "make serve: the demo build in $${ANATOMIX_MODELS:-exports}/ was interrupted: resuming it"; \
+	  $(PY) scripts/demo_models.py --exports $${ANATOMIX_MODELS:-exports} || exit 1; \
+	elif ! ls $${ANATOMIX_MODELS:-exports}/*/manifest.json >/dev/null 2>&1; then \
 	  echo "make serve: no model under $${ANATOMIX_MODELS:-exports}/: building the demo models from synthetic data (minutes)"; \
 	  $(PY) scripts/demo_models.py --exports $${ANATOMIX_MODELS:-exports} || exit 1; fi
 	MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-2} $(VENV)/bin/bentoml serve serve.service:AnatomixService --host 127.0.0.1 --port 3000
+
+SERVE_VENV ?= .venv-serve
+
+$(SERVE_VENV)/.installed: serve/requirements.txt constraints.txt
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SERVE_VENV)/bin/python -m pip install --quiet -c constraints.txt -r serve/requirements.txt
+	touch $@
+
+install-serve: $(SERVE_VENV)/.installed  ## a serving-only venv (.venv-serve, no torch; see README)
+
+serve-only: $(SERVE_VENV)/.installed  ## serve existing exports from the serving-only venv on 127.0.0.1:3000
+	@ls $${ANATOMIX_MODELS:-exports}/*/manifest.json >/dev/null 2>&1 || { 	  echo "make serve-only: no model under $${ANATOMIX_MODELS:-exports}/ (build exports with the full install: make serve, or python -m export.run)"; exit 2; }
+	MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-2} $(SERVE_VENV)/bin/bentoml serve serve.service:AnatomixService --host 127.0.0.1 --port 3000
 
 lock:  ## re-resolve pyproject's [dev] dependencies in a clean venv into constraints.txt
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def ensure_demo_exports(models: Path) -> Path:
     """``models`` itself when it holds an export; else the demo models are built there (minutes,
     with progress, by ``scripts/demo_models.py``, as ``make serve`` does)."""
-    if not list(Path(models).glob("*/manifest.json")):
+    models = Path(models)
+    if not list(models.glob("*/manifest.json")) or (models / ".demo-incomplete").exists():
         script = ROOT / "scripts" / "demo_models.py"
         cmd = [sys.executable, str(script), "--exports", str(models)]
         subprocess.run(cmd, check=True, cwd=ROOT)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imaging.distribution import phantom_statistics
 from imaging.preprocess import Preprocessing, prepare_radiograph, prepare_volume
 
 from .adapters import FAMILIES, ExportGraph, build_graph
@@ -331,6 +332,7 @@ def build_export(
         inference=_inference(source.card, graph),
         quantization=quant,
         config=source.config,
+        input_statistics=phantom_statistics() if pre.kind == "radiograph" else None,
     )
     write_manifest(manifest, out)
     seconds = time.perf_counter() - start

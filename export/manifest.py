@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imaging.atomic import atomic_write_bytes
 from imaging.preprocess import Preprocessing
-from models.checkpoint import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -112,6 +112,10 @@ class Manifest:
     inference: dict = field(default_factory=dict)
     quantization: dict | None = None
     config: dict | None = None
+    #: radiographs: the unit-image features of the inputs the model was trained on
+    #: (:func:`imaging.distribution.phantom_statistics`), for the server's input guard; None:
+    #: not recorded (older exports), and the guard skips that check
+    input_statistics: dict | None = None
     schema_version: int = SCHEMA_VERSION
 
     def file(self, fmt: str, precision: str | None = None) -> ModelFile | None:
@@ -193,6 +197,7 @@ _TOP = {
     "inference": ("dict", False),
     "quantization": ("dict?", False),
     "config": ("dict?", False),
+    "input_statistics": ("dict?", False),
 }
 _INPUT = {
     "name": ("str", True),
@@ -236,6 +241,15 @@ def _dims(shape: list, where: str) -> None:
     for i, dim in enumerate(shape):
         if isinstance(dim, bool) or not isinstance(dim, (int, str)):
             raise ManifestError(f"field {where}[{i}] must be int or str, got {_type_name(dim)}")
+
+
+def _input_statistics(d: dict) -> None:
+    features = d.get("features")
+    if not isinstance(features, dict):
+        raise ManifestError("field input_statistics.features must be an object")
+    for name, stats in features.items():
+        _check(stats, f"input_statistics.features.{name}",
+               {"mean": ("float", True), "std": ("float", True)})  # fmt: skip
 
 
 def manifest_from_dict(d: Any) -> Manifest:
@@ -283,7 +297,9 @@ def manifest_from_dict(d: Any) -> Manifest:
         pre = Preprocessing.from_dict(d["preprocessing"])
     except (ValueError, TypeError) as exc:
         raise ManifestError(f"field preprocessing: {exc}") from None
-    rest = {k: d[k] for k in ("inference", "quantization", "config") if k in d}
+    if d.get("input_statistics") is not None:
+        _input_statistics(d["input_statistics"])
+    rest = {k: d[k] for k in ("inference", "quantization", "config", "input_statistics") if k in d}
     return Manifest(
         name=d["name"],
         family=d["family"],

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.checkpoint import atomic_path
+from imaging.atomic import atomic_path
 
 from .adapters import ExportGraph
 from .manifest import ParityRecord

@@ -1,8 +1,9 @@
 """TensorRT engine build and parity verification from an exported ONNX file.
 
 An ONNX file written by the exporter becomes a serialised TensorRT engine (`model.plan`) with
-:func:`build_engine`; :class:`TensorRTRunner` executes a plan on CUDA tensors owned by torch (no
-pycuda), and :func:`verify_engine` holds the engine to onnxruntime on the CPU, the reference.
+:func:`build_engine`; :class:`TensorRTRunner` executes a plan on device buffers from
+``cuda-bindings`` (:mod:`export.cuda_memory`; no torch, no pycuda, so serving imports no training
+stack), and :func:`verify_engine` holds the engine to onnxruntime on the CPU, the reference.
 
 TensorRT is optional (``pip install 'anatomix[gpu]'``) and needs an NVIDIA GPU, so ``tensorrt`` is
 imported inside the functions: this module imports on any machine, and every public entry point
@@ -62,14 +63,20 @@ def tensorrt_available() -> tuple[bool, str]:
     """Tell whether TensorRT can build and run engines on this machine.
 
     Returns:
-        ``(True, tensorrt_version)`` when the ``tensorrt`` package imports and torch sees a CUDA
-        device; otherwise ``(False, reason)``, the reason naming everything that is missing.
+        ``(True, tensorrt_version)`` when the ``tensorrt`` package imports and the CUDA runtime
+        (``cuda-bindings``) sees a device; otherwise ``(False, reason)``, the reason naming
+        everything that is missing.
     """
-    import torch
+    from .cuda_memory import _cudart, device_count
 
     problems = []
-    if not torch.cuda.is_available():
-        problems.append("no CUDA GPU is visible to torch")
+    try:
+        _cudart()
+    except Exception as exc:
+        problems.append(str(exc))
+    else:
+        if device_count() == 0:
+            problems.append("no CUDA GPU is visible to the CUDA runtime")
     try:
         import tensorrt as trt
     except Exception as exc:  # ImportError, or a broken install failing to load its libraries
@@ -124,7 +131,7 @@ def _make_logger(trt: Any) -> Any:
 
 def _write_atomic(path: Path, data: bytes | memoryview) -> None:
     """Write bytes to ``path`` through a temporary file renamed into place (models' helper)."""
-    from models.checkpoint import atomic_write_bytes  # lazy: `models` imports timm (seconds)
+    from imaging.atomic import atomic_write_bytes
 
     atomic_write_bytes(path, data)
 
@@ -341,27 +348,35 @@ def _load_timing_cache(config: Any, path: Path, say: Callable[[str], None]) -> N
     config.set_timing_cache(config.create_timing_cache(b""), False)
 
 
-def _torch_dtype(trt: Any, trt_dtype: Any) -> Any:
-    import torch
+#: TensorRT tensor types → the NumPy type of their host copies (bf16 travels as its 16 bits)
+_NUMPY_TYPES = {
+    "FLOAT": np.float32, "HALF": np.float16, "BF16": np.uint16, "INT8": np.int8,
+    "UINT8": np.uint8, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_,
+}  # fmt: skip
 
-    table = {
-        "FLOAT": torch.float32,
-        "HALF": torch.float16,
-        "BF16": torch.bfloat16,
-        "INT8": torch.int8,
-        "UINT8": torch.uint8,
-        "INT32": torch.int32,
-        "INT64": torch.int64,
-        "BOOL": torch.bool,
-    }
-    for name, dtype in table.items():
+
+def _numpy_dtype(trt: Any, trt_dtype: Any) -> tuple[np.dtype, bool]:
+    """``(host dtype, is_bf16)`` of a TensorRT tensor type."""
+    for name, dtype in _NUMPY_TYPES.items():
         if getattr(trt.DataType, name, None) == trt_dtype:
-            return dtype
-    raise TensorRTError(f"TensorRT tensor type {trt_dtype} has no torch equivalent here")
+            return np.dtype(dtype), name == "BF16"
+    raise TensorRTError(f"TensorRT tensor type {trt_dtype} has no NumPy equivalent here")
+
+
+def to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 → bfloat16 bit patterns (uint16), rounded to nearest even, NaN kept a NaN."""
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
+    return np.where(np.isnan(x), 0x7FC0, rounded).astype(np.uint16)
+
+
+def from_bf16_bits(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) → float32 (exact)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 class TensorRTRunner:
-    """Run a serialised TensorRT engine on NumPy inputs, with torch CUDA tensors as buffers.
+    """Run a serialised TensorRT engine on NumPy inputs, with ``cuda-bindings`` device buffers.
 
     One execution context, used from one thread at a time.
 
@@ -375,24 +390,22 @@ class TensorRTRunner:
 
     def __init__(self, plan_path: str | os.PathLike, *, device: int | None = None) -> None:
         trt = _require_tensorrt()
-        import torch
+        from . import cuda_memory
 
-        self._trt = trt
-        self._device = torch.device(
-            "cuda", torch.cuda.current_device() if device is None else device
-        )
+        self._trt, self._cuda = trt, cuda_memory
+        self._device = cuda_memory.current_device() if device is None else device
         self._logger = _make_logger(trt)
         plan_path = Path(plan_path)
-        with torch.cuda.device(self._device):
-            self._runtime = trt.Runtime(self._logger)
-            self._engine = self._runtime.deserialize_cuda_engine(plan_path.read_bytes())
-            if self._engine is None:
-                detail = "; ".join(self._logger.errors) or "no detail given"
-                raise TensorRTError(
-                    f"could not load TensorRT engine {plan_path} (built by another TensorRT "
-                    f"version or for another GPU?): {detail}"
-                )
-            self._context = self._engine.create_execution_context()
+        cuda_memory.set_device(self._device)  # the engine and its context belong to this device
+        self._runtime = trt.Runtime(self._logger)
+        self._engine = self._runtime.deserialize_cuda_engine(plan_path.read_bytes())
+        if self._engine is None:
+            detail = "; ".join(self._logger.errors) or "no detail given"
+            raise TensorRTError(
+                f"could not load TensorRT engine {plan_path} (built by another TensorRT "
+                f"version or for another GPU?): {detail}"
+            )
+        self._context = self._engine.create_execution_context()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         is_input = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self._inputs = [n for n in names if is_input[n]]
@@ -428,9 +441,7 @@ class TensorRTRunner:
             TensorRTError: inputs missing or unknown, a shape outside the profile, or execution
                 failing.
         """
-        import torch
-
-        trt, ctx = self._trt, self._context
+        trt, ctx, cuda = self._trt, self._context, self._cuda
         missing = [n for n in self._inputs if n not in feeds]
         unknown = [n for n in feeds if n not in self._inputs]
         if missing or unknown:
@@ -438,39 +449,49 @@ class TensorRTRunner:
                 f"feeds must name exactly the inputs {self._inputs}; "
                 f"missing {missing}, unknown {unknown}"
             )
-        keep = []  # buffers must outlive the asynchronous execution
-        with torch.cuda.device(self._device):
-            stream = torch.cuda.Stream()
-            with torch.cuda.stream(stream):
-                for name in self._inputs:
-                    dtype = _torch_dtype(trt, self._engine.get_tensor_dtype(name))
-                    host = torch.as_tensor(np.array(feeds[name], order="C"))  # own, writable copy
-                    on_host = self._engine.get_tensor_location(name) == trt.TensorLocation.HOST
-                    buf = host.to(dtype) if on_host else host.to(self._device, dtype)
-                    if not ctx.set_input_shape(name, tuple(buf.shape)):
-                        raise TensorRTError(
-                            f"input {name!r} of shape {tuple(buf.shape)} rejected: "
-                            + self._profile_hint(name)
-                        )
-                    ctx.set_tensor_address(name, buf.data_ptr())
+        cuda.set_device(self._device)
+        stream = cuda.Stream()
+        keep = []  # host copies and device buffers must outlive the asynchronous execution
+        try:
+            for name in self._inputs:
+                dtype, bf16 = _numpy_dtype(trt, self._engine.get_tensor_dtype(name))
+                x = np.asarray(feeds[name])
+                host = np.ascontiguousarray(to_bf16_bits(x) if bf16 else x.astype(dtype))
+                if not ctx.set_input_shape(name, host.shape):
+                    hint = self._profile_hint(name)
+                    raise TensorRTError(f"input {name!r} of shape {host.shape} rejected: {hint}")
+                if self._engine.get_tensor_location(name) == trt.TensorLocation.HOST:
+                    ctx.set_tensor_address(name, host.ctypes.data)  # shape tensors live on the host
+                else:
+                    buf = cuda.DeviceArray(host.shape, dtype)
+                    buf.copy_from(host, stream)
+                    ctx.set_tensor_address(name, buf.ptr)
                     keep.append(buf)
-                outputs = {}
-                for name in self._outputs:
-                    shape = tuple(ctx.get_tensor_shape(name))
-                    if any(d < 0 for d in shape):
-                        raise TensorRTError(f"output {name!r} shape unresolved: {shape}")
-                    dtype = _torch_dtype(trt, self._engine.get_tensor_dtype(name))
-                    buf = torch.empty(shape, dtype=dtype, device=self._device)
-                    ctx.set_tensor_address(name, buf.data_ptr())
-                    outputs[name] = buf
-                if not ctx.execute_async_v3(stream.cuda_stream):
-                    detail = "; ".join(self._logger.errors[-5:]) or "no detail given"
-                    raise TensorRTError(f"TensorRT execution failed: {detail}")
+                keep.append(host)
+            outputs = {}
+            for name in self._outputs:
+                shape = tuple(ctx.get_tensor_shape(name))
+                if any(d < 0 for d in shape):
+                    raise TensorRTError(f"output {name!r} shape unresolved: {shape}")
+                dtype, bf16 = _numpy_dtype(trt, self._engine.get_tensor_dtype(name))
+                buf = cuda.DeviceArray(shape, dtype)
+                ctx.set_tensor_address(name, buf.ptr)
+                outputs[name] = (buf, bf16)
+            if not ctx.execute_async_v3(stream.handle):
+                detail = "; ".join(self._logger.errors[-5:]) or "no detail given"
+                raise TensorRTError(f"TensorRT execution failed: {detail}")
+            result = {}
+            for name, (buf, bf16) in outputs.items():
+                host = buf.copy_to_host(stream)  # synchronises the stream
+                result[name] = from_bf16_bits(host) if bf16 else host
+                buf.free()
+            return result
+        finally:
             stream.synchronize()
-        return {
-            n: (t.float() if t.dtype == torch.bfloat16 else t).cpu().numpy()
-            for n, t in outputs.items()
-        }
+            for b in keep:
+                if isinstance(b, cuda.DeviceArray):
+                    b.free()
+            stream.close()
 
 
 _ORT_TYPES = {

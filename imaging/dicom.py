@@ -27,6 +27,7 @@ from pydicom.uid import (
 )
 
 from . import pixels as px
+from . import voi
 from .errors import (
     CorruptFileError,
     ImageTooLargeError,
@@ -229,20 +230,28 @@ def decode_dataset(
         _check_fragments(ds, geom["frames"])
     arr = _decode_pixels(ds, tsyntax)
 
-    window_center, window_width = _window(ds)
+    window_center, window_width, voi_function = _window(ds)
+    voi_lut, mirror = None, None
     slope, intercept = px.rescale_parameters(ds, geom["frames"])
     if photometric in px.COLOR_PHOTOMETRICS:
         if photometric == "PALETTE COLOR":
             arr = _guard(lambda: apply_color_lut(arr, ds), "its palette colour lookup table")
         pixels = px.to_luma(arr)
-        window_center = window_width = None
+        window_center = window_width = voi_function = None
     else:
+        voi_lut = _voi_lut(ds, tsyntax.is_little_endian)
         values = arr
         if photometric == "MONOCHROME1":
-            values = px.invert_monochrome1(values, geom["bits_stored"], geom["signed"])
+            if "ModalityLUTSequence" not in ds and geom["bits_stored"] <= 24:
+                values = px.invert_monochrome1_float(values, geom["bits_stored"], geom["signed"])
+            else:  # a Modality LUT indexes with the inverted integers
+                values = px.invert_monochrome1(values, geom["bits_stored"], geom["signed"])
+            # pixels = K − modality value (for a Modality LUT Sequence, no such K exists)
+            pivot = px.monochrome1_pivot(geom["bits_stored"], geom["signed"])
+            k = float(slope[0] * pivot + 2 * intercept[0])
+            mirror = k if "ModalityLUTSequence" not in ds else None
             if window_center is not None:
-                pivot = px.monochrome1_pivot(geom["bits_stored"], geom["signed"])
-                window_center = slope[0] * pivot + 2 * intercept[0] - window_center
+                window_center = k - window_center
         if "ModalityLUTSequence" in ds:
             values = _guard(lambda: apply_modality_lut(values, ds), "its Modality LUT")
         else:
@@ -261,7 +270,12 @@ def decode_dataset(
         study_uid=str(ds.get("StudyInstanceUID", "") or ""),
         series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
         sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
-        meta=_technical_meta(ds, geom, tsyntax, slope, intercept),
+        meta={
+            **_technical_meta(ds, geom, tsyntax, slope, intercept),
+            "voi_function": voi_function,
+            "voi_lut": voi_lut,
+            "monochrome1_mirror": mirror,
+        },
     )
 
 
@@ -402,13 +416,78 @@ def _first_frame_item(ds: Dataset, sequence: str) -> Dataset | None:
     return None
 
 
-def _window(ds: Dataset) -> tuple[float | None, float | None]:
-    source = ds if "WindowCenter" in ds else _shared_item(ds, "FrameVOILUTSequence") or ds
-    center = _first_float(source.get("WindowCenter"))
-    width = _first_float(source.get("WindowWidth"))
-    if center is None or width is None or width <= 0:
-        return None, None
-    return center, width
+def _voi_items(ds: Dataset) -> list[Dataset]:
+    """Where a VOI LUT module may be: the top level, then the shared and the first frame's
+    functional groups (Frame VOI LUT Sequence) of an enhanced multi-frame object."""
+    items = [ds]
+    for find in (_shared_item, _first_frame_item):
+        try:
+            item = find(ds, "FrameVOILUTSequence")
+        except Exception:  # a damaged sequence: no VOI from there
+            item = None
+        if isinstance(item, Dataset):
+            items.append(item)
+    return items
+
+
+def _window(ds: Dataset) -> tuple[float | None, float | None, str]:
+    """The first valid window (finite center, finite width > 0) and its VOI LUT Function
+    (``"LINEAR"`` when absent or not one of :data:`imaging.voi.VOI_FUNCTIONS`); damaged
+    attributes are ignored."""
+    for item in _voi_items(ds):
+        try:
+            center = _first_float(item.get("WindowCenter"))
+            width = _first_float(item.get("WindowWidth"))
+            function = str(item.get("VOILUTFunction", "") or "").strip().upper()
+        except Exception:
+            continue
+        if center is None or width is None or not (np.isfinite(center) and np.isfinite(width)):
+            continue
+        if width > 0:
+            return center, width, function if function in voi.VOI_FUNCTIONS else "LINEAR"
+    return None, None, "LINEAR"
+
+
+def _voi_lut(ds: Dataset, little_endian: bool) -> dict | None:
+    """The first item of the first VOI LUT Sequence as :func:`imaging.voi.pack_lut` stores it;
+    None when there is none or it is malformed (descriptor not 3 numbers, entry depth outside
+    8–16 bits, fewer data than entries)."""
+    for item in _voi_items(ds):
+        try:
+            seq = item.get("VOILUTSequence")
+            lut = _lut_item(seq[0], little_endian) if seq else None
+        except Exception:
+            lut = None
+        if lut is not None:
+            return lut
+    return None
+
+
+def _lut_item(item: Dataset, little_endian: bool) -> dict | None:
+    descriptor = item.get("LUTDescriptor")
+    if "LUTData" not in item or descriptor is None:
+        return None
+    if isinstance(descriptor, bytes) or len(descriptor) != 3:
+        return None
+    entries, first, bits = (int(v) for v in descriptor)
+    entries = entries or voi.MAX_LUT_ENTRIES
+    if not 0 < entries <= voi.MAX_LUT_ENTRIES or bits not in voi.LUT_BITS:
+        return None
+    if abs(first) > 2**32:
+        return None
+    data = item["LUTData"].value
+    if isinstance(data, (bytes, bytearray)):  # OW: in the dataset's byte order
+        if len(data) < 2 * entries:
+            return None
+        table = np.frombuffer(data, dtype="<u2" if little_endian else ">u2", count=entries)
+    else:
+        data = [data] if isinstance(data, int) else data
+        if len(data) < entries:
+            return None
+        table = np.array([int(v) for v in data[:entries]], dtype=np.int64)
+        if table.min() < 0 or table.max() > 0xFFFF:
+            return None
+    return voi.pack_lut(first, bits, table)
 
 
 def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
@@ -449,6 +528,22 @@ def _floats(value) -> list[float] | None:
         return None
 
 
+#: ViewPosition (0018,5101) defined terms (PS3.3 C.8.11.5 and C.8.11.7); anything else is "" so
+#: that no free text (an identifier, say) travels in the metadata
+VIEW_POSITIONS = frozenset({
+    "AP", "PA", "LL", "RL", "RLD", "LLD", "RLO", "LLO", "LATERAL", "LAT", "AP AXIAL", "PA AXIAL",
+    "LPO", "RPO", "LAO", "RAO", "OBLIQUE", "ORTHOGONAL",
+})  # fmt: skip
+
+
+def _view_position(ds) -> str:
+    try:
+        value = str(ds.get("ViewPosition", "") or "").strip().upper()
+    except Exception:  # noqa: BLE001 - an unparsable value is no view
+        return ""
+    return value if value in VIEW_POSITIONS else ""
+
+
 def _technical_meta(ds, geom, tsyntax, slope, intercept) -> dict:
     """Non-identifying attributes that later stages (series assembly, serving) need."""
     meta = {
@@ -463,6 +558,7 @@ def _technical_meta(ds, geom, tsyntax, slope, intercept) -> dict:
         "image_orientation": _floats(ds.get("ImageOrientationPatient")),
         "slice_thickness": _first_float(ds.get("SliceThickness")),
         "color_converted": geom["photometric"] in px.COLOR_PHOTOMETRICS,
+        "view_position": _view_position(ds),
     }
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame and geom["frames"] > 1:

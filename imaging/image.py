@@ -22,9 +22,12 @@ class Image:
         spacing: ``(row, col)`` pixel spacing in mm, ``None`` where the file declares none or 0.
         modality: DICOM Modality (``"CT"``, ``"CR"``, ...), ``""`` if absent.
         photometric: the file's PhotometricInterpretation before any conversion.
-        window_center / window_width: the first VOI window of the file, in output units, if present.
+        window_center / window_width: the first valid VOI window of the file, in pixel units
+            (mirrored with MONOCHROME1's inversion), if present.
         study_uid / series_uid / sop_uid: instance UIDs (they identify the image, not the patient).
-        meta: further technical attributes (transfer syntax, bits stored, rescale, ...).
+        meta: further technical attributes (transfer syntax, bits stored, rescale, ...), JSON-able;
+            the VOI LUT Function, VOI LUT and MONOCHROME1 mirror that :func:`imaging.voi.to_unit`
+            uses are there too (``voi_function``, ``voi_lut``, ``monochrome1_mirror``).
     """
 
     pixels: np.ndarray

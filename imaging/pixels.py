@@ -41,6 +41,12 @@ def invert_monochrome1(arr: np.ndarray, bits_stored: int, signed: bool) -> np.nd
     return -1 - wide if signed else (2**bits_stored - 1) - wide
 
 
+def invert_monochrome1_float(arr: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
+    """:func:`invert_monochrome1` computed straight into float32 (one pass; exact for values of up
+    to 24 bits), for when no Modality LUT needs integer indices."""
+    return np.subtract(monochrome1_pivot(bits_stored, signed), arr, dtype=np.float32)
+
+
 def monochrome1_pivot(bits_stored: int, signed: bool) -> float:
     """The stored-value sum ``v + v'`` preserved by :func:`invert_monochrome1`."""
     return -1.0 if signed else float(2**bits_stored - 1)
@@ -86,13 +92,24 @@ def rescale_parameters(ds: Dataset, n_frames: int) -> tuple[np.ndarray, np.ndarr
 def apply_rescale_frames(arr: np.ndarray, slope: np.ndarray, intercept: np.ndarray) -> np.ndarray:
     """Apply per-frame linear rescale to ``(F, H, W)`` or ``(H, W)`` (one frame) stored values.
 
-    Values of up to 16 bits are exact in float32, so the arithmetic stays in float32 for them
-    (half the memory traffic of float64); wider data is computed in float64.
+    Values of up to 24 bits are exact in float32, so the arithmetic stays in float32 for them
+    (half the memory traffic of float64, and no float64 detour: the factors are applied as Python
+    floats or float32, which NumPy does not promote); wider data is computed in float64.
     """
-    exact32 = arr.dtype.kind in "iu" and np.abs(arr).max(initial=0) < 2**24
-    arr = arr.astype(np.float32 if exact32 else np.float64, copy=False)
+    if arr.dtype.kind in "iu":
+        exact32 = arr.dtype.itemsize <= 2 or np.abs(arr).max(initial=0) < 2**24
+    else:
+        exact32 = arr.dtype == np.float32
+    dtype = np.float32 if exact32 else np.float64
     if np.all(slope == 1) and np.all(intercept == 0):
-        return arr
-    if arr.ndim == 2:
-        return arr * slope[0] + intercept[0]
-    return arr * slope[:, None, None] + intercept[:, None, None]
+        return arr.astype(dtype, copy=False)
+    out = arr.astype(dtype, copy=True)  # our own buffer: scaled in place
+    if out.ndim == 2 or np.all(slope == slope[0]) and np.all(intercept == intercept[0]):
+        if slope[0] != 1:
+            out *= dtype(slope[0])
+        if intercept[0] != 0:
+            out += dtype(intercept[0])
+        return out
+    out *= slope.astype(dtype)[:, None, None]
+    out += intercept.astype(dtype)[:, None, None]
+    return out

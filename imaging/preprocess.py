@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from imaging import voi
 from imaging.image import Image, Volume
 from imaging.resample import resample_to_spacing
 
@@ -352,8 +353,8 @@ class CropGeometry:
     """Original image pixels ↔ model input pixels: resize to ``resized_hw``, then crop ``size``².
 
     Coordinates are continuous ``(row, col)`` with integer values at pixel centres, matching the
-    half-pixel resampling of :func:`resize_bilinear` (same semantics as models/peac.py
-    ``CropTransform``).
+    half-pixel resampling of :func:`resize_bilinear`. The one definition: models/peac.py's
+    ``CropTransform`` is this class.
 
     Attributes:
         original_hw: ``(H, W)`` of the original image.
@@ -444,14 +445,12 @@ def prepare_radiograph(pixels: np.ndarray, pp: Preprocessing) -> tuple[np.ndarra
 def radiograph_to_unit(image: Image) -> np.ndarray:
     """A decoded radiograph → ``(H, W)`` float32 in [0, 1], higher = denser.
 
-    The first frame of a multi-frame image, mapped through the file's first VOI window (linear,
-    clipped) when it has one, else min–max scaled (imaging.datasets.base ``scale_to_unit``).
+    The first frame of a multi-frame image through the file's DICOM VOI transform: its VOI LUT
+    Sequence, else its first window with its VOI LUT Function (LINEAR, LINEAR_EXACT, SIGMOID),
+    else min–max; MONOCHROME1 comes out inverted (:func:`imaging.voi.to_unit`, which training's
+    ``read_dicom_radiograph`` uses too).
     """
-    # Imported here: the datasets package is heavier than this module and may import it.
-    from imaging.datasets.base import scale_to_unit
-
-    pixels = image.pixels[0] if image.pixels.ndim == 3 else image.pixels
-    return scale_to_unit(pixels, image.window_center, image.window_width)
+    return voi.to_unit(image)
 
 
 def prepare_volume(volume: Volume, pp: Preprocessing) -> np.ndarray:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import secrets
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
+
+from imaging.atomic import atomic_path, atomic_write_bytes  # noqa: F401  (re-exported)
 
 from .registry import build_model
 
@@ -60,63 +60,6 @@ class WeightsInfo:
     model_args: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, str] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------------------------
-# atomic writes
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not supported everywhere (e.g. Windows), hence best effort.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path to write to; on success it replaces ``path`` atomically.
-
-    The temporary file lives in the same directory (so ``os.replace`` is a rename on one
-    filesystem), is fsync'ed before the rename, and is removed if the block raises, leaving any
-    previous file at ``path`` untouched. Parent directories are created.
-
-    Example::
-
-        with atomic_path(run_dir / "state.pt") as tmp:
-            torch.save(state, tmp)
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Named (not mkstemp) so the writer creates it with the usual umask-derived permissions.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        yield tmp
-        if not tmp.exists():
-            raise CheckpointError(f"nothing was written to the temporary file for {path}")
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ backbone (:func:`kernels.patches.shuffle_patches`), so the order target of token
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imaging.preprocess import CropGeometry, center_crop_offsets, shorter_side_size
 from kernels.patches import shuffle_patches
 
 from .ark import _create_backbone
@@ -198,38 +198,8 @@ class PEACModel(nn.Module):
 # anatomical correspondence
 
 
-@dataclass(frozen=True)
-class CropTransform:
-    """Original image pixels ↔ model input pixels: resize to ``resized``, then crop ``size``².
-
-    Coordinates are continuous ``(row, col)`` with integer values at pixel centres (pixel
-    ``(0, 0)`` is centred on ``(0.0, 0.0)``), matching the half-pixel resampling of
-    :func:`preprocess` (``align_corners=False``).
-
-    Attributes:
-        original: ``(H, W)`` of the original image.
-        resized: ``(h, w)`` after the resize (the shorter side equals ``size``).
-        offset: ``(top, left)`` of the centre crop in the resized image.
-        size: side of the square model input.
-    """
-
-    original: tuple[int, int]
-    resized: tuple[int, int]
-    offset: tuple[int, int]
-    size: int
-
-    def _scale(self) -> np.ndarray:
-        return np.array(self.resized, dtype=np.float64) / np.array(self.original, np.float64)
-
-    def to_model(self, points: np.ndarray) -> np.ndarray:
-        """``(N, 2)`` original ``(row, col)`` → model input ``(row, col)``."""
-        p = np.asarray(points, dtype=np.float64)
-        return (p + 0.5) * self._scale() - 0.5 - np.array(self.offset, np.float64)
-
-    def to_original(self, points: np.ndarray) -> np.ndarray:
-        """``(N, 2)`` model input ``(row, col)`` → original ``(row, col)``."""
-        p = np.asarray(points, dtype=np.float64)
-        return (p + np.array(self.offset, np.float64) + 0.5) / self._scale() - 0.5
+#: original pixels ↔ model input pixels; the one definition is imaging's (the server uses it too)
+CropTransform = CropGeometry
 
 
 def _as_chw(image: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -264,11 +234,9 @@ def preprocess(
         raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
     t = _as_chw(image)
     h, w = t.shape[1:]
-    s = int(img_size) / min(h, w)
-    rh = int(img_size) if h <= w else max(int(img_size), math.floor(h * s + 0.5))
-    rw = int(img_size) if w < h else max(int(img_size), math.floor(w * s + 0.5))
+    rh, rw = shorter_side_size(h, w, int(img_size))
     x = F.interpolate(t[None], size=(rh, rw), mode="bilinear", align_corners=False, antialias=True)
-    top, left = (rh - img_size) // 2, (rw - img_size) // 2
+    top, left = center_crop_offsets((rh, rw), int(img_size), "floor")
     x = x[:, :, top : top + img_size, left : left + img_size]
     x = x.mean(dim=1, keepdim=True) if in_chans == 1 else x.expand(-1, 3, -1, -1)
     x = (x - PEAC_MEAN) / PEAC_STD

@@ -3,7 +3,8 @@
 Each family is pretrained on synthetic phantoms with its tiny preset (shortened), fine-tuned
 where the family needs it, and exported with ``python -m export.run`` — the same commands a user
 runs, so the demo is also a smoke test of the whole path. Every step is skipped when its output
-already exists, so an interrupted build resumes. Minutes on a 2-core CPU; progress is shown.
+already exists, so an interrupted build resumes (``make serve`` resumes it: ``.demo-incomplete``
+marks the exports directory until the build finishes). Minutes on a 2-core CPU; progress is shown.
 
     python scripts/demo_models.py [--exports exports] [--runs runs/demo] [--only cxr,...]
 """
@@ -111,9 +112,16 @@ EXPORTS = {  # demo export → (run it comes from, export.run arguments)
 }
 
 
+#: present while a demo build is unfinished: `make serve` then resumes it instead of serving a
+#: partial set of exports
+INCOMPLETE = ".demo-incomplete"
+
+
 def build(exports: Path, runs: Path, only: list[str]) -> int:
     steps = _steps(runs)
     todo = [name for name in EXPORTS if name in only]
+    exports.mkdir(parents=True, exist_ok=True)
+    (exports / INCOMPLETE).touch()
     for i, name in enumerate(todo, 1):
         if (exports / name / "manifest.json").is_file():
             print(f"[demo {i}/{len(todo)}] {name}: already exported", flush=True)
@@ -145,6 +153,7 @@ def build(exports: Path, runs: Path, only: list[str]) -> int:
         if subprocess.run(cmd).returncode != 0:
             print(f"demo export failed: {' '.join(cmd)}", file=sys.stderr)
             return 1
+    (exports / INCOMPLETE).unlink(missing_ok=True)
     print(f"demo models ready in {exports}/", flush=True)
     return 0
 

@@ -13,7 +13,6 @@ import asyncio
 import importlib.metadata
 import io
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -23,13 +22,14 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from imaging.preprocess import crop_geometry, prepare_radiograph, prepare_volume, radiograph_to_unit
 
 from .errors import Cancelled, RequestError
 from .forms import FormSpec, read_form
+from .guard import radiograph_warnings, refuse, volume_warnings
 from .lanes import Lane
 from .privacy import checked_modality, checked_uid
 from .registry import MODALITIES, LoadedModel
@@ -68,13 +68,15 @@ class State:
     """What the routes need; set once the BentoML service has loaded (see :mod:`serve.service`)."""
 
     def __init__(self, *, limits, keys, registry, decoders, lanes, budgets, metrics, spool, gate,
-                 metrics_public: bool):  # fmt: skip
+                 metrics_public: bool, preprocess: str = "auto",
+                 refuse: frozenset = frozenset()):  # fmt: skip
         self.limits, self.keys, self.registry = limits, keys, registry
         self.decoders: dict = decoders  # lane name → DecoderPool
         self.lanes: dict[str, Lane] = lanes
         self.budgets: dict[str, float] = budgets  # lane name → seconds per request
         self.metrics, self.spool, self.gate = metrics, spool, gate
-        self.metrics_public = metrics_public
+        self.metrics_public, self.preprocess = metrics_public, preprocess
+        self.refuse = frozenset(refuse)  # serve.guard warning codes answered with a 422
 
 
 STATE: State | None = None
@@ -115,16 +117,17 @@ async def _handle(request: Request, lane: str, spec: FormSpec, work: Callable) -
     cancelled = threading.Event()
     seconds = st.budgets[lane]
     form = watcher = None
+    timer, queued = StageTimer(), time.perf_counter()
     try:
         async with st.lanes[lane].slot():
+            timer.ms["queue"] = (time.perf_counter() - queued) * 1000.0
             form = await read_form(
                 request.receive, request.headers, spec, st.limits, st.spool, cancelled=cancelled
             )
             # the budget covers the work; waiting for a slot and the upload have their own bounds
             budget = Budget(time.monotonic() + seconds, cancelled, seconds)
             watcher = asyncio.ensure_future(_watch_disconnect(request, cancelled))
-            timer = StageTimer()
-            body, media = await run_in_threadpool(work, st, form, budget, timer)
+            body, media, *extra = await run_in_threadpool(work, st, form, budget, timer)
     except RequestError as exc:
         log.info("request refused: %s (%s)", exc.code, exc.status)
         if st.metrics is not None:
@@ -139,7 +142,9 @@ async def _handle(request: Request, lane: str, spec: FormSpec, work: Callable) -
             watcher.cancel()
         if form is not None:
             form.close()
-    headers = {"Server-Timing": timer.header()}
+        if st.metrics is not None:
+            st.metrics.stages(_route(request), timer.ms)
+    headers = {"Server-Timing": timer.header(), **(extra[0] if extra else {})}
     if media == "application/json":
         return JSONResponse(body, headers=headers)
     headers["Content-Disposition"] = 'attachment; filename="seg.dcm"'
@@ -202,16 +207,23 @@ def _decode(st: State, role: str, lane: str, form, budget: Budget, timer: StageT
 
 
 def _radiographs(st: State, role: str, form, budget: Budget, timer: StageTimer, pair=False):
-    """Decode, check, preprocess and run radiographs → ``(model, images, outputs)``."""
+    """Decode, check, preprocess and run radiographs → ``(model, images, ids, outputs)``; each
+    ``ids`` entry holds the image's UIDs and its input guard ``warnings``."""
     m, any_modality, images = _decode(st, role, "cxr", form, budget, timer)
     if pair and len(images) != 2:
         raise RequestError(400, "need_two_images", "send exactly two radiographs")
     for name, img in images:
         _check_modality(img.modality, MODALITIES["radiograph"], name, any_modality)
     ids = [_uid_fields(img, name) for name, img in images]
+    with timer.stage("preprocess"):
+        units = [radiograph_to_unit(img) for _, img in images]
+        allowed = MODALITIES["radiograph"]
+        for i, (name, img) in enumerate(images):
+            ids[i]["warnings"] = radiograph_warnings(img, units[i], m.manifest, name, allowed)
+            refuse(ids[i]["warnings"], st.refuse)
     with st.gate.urgent():
         with timer.stage("preprocess"):
-            x = preprocessor(m)([radiograph_to_unit(img) for _, img in images])
+            x = preprocessor(m)(units)
         budget.check()
         with timer.stage("infer"):
             out = m.predict(x)
@@ -311,12 +323,18 @@ def correspond_work(st: State, form, budget: Budget, timer: StageTimer):
 def segment_series(st: State, form, budget: Budget, timer: StageTimer, headers: bool = False):
     """Decode a series and segment it whole → ``(model, volume, masks (L, D, H, W), labels,
     threshold, source headers or None)``; masks are on the model's grid (the series' own unless
-    the manifest resamples). ``headers``: also each file's header, for a DICOM SEG."""
+    the manifest resamples), and the input guard's warnings. ``headers``: also each file's header,
+    for a DICOM SEG."""
     m, any_modality, volume = _decode(st, "ct_segment", "ct", form, budget, timer, headers)
     heads = None
     if headers:
         volume, heads = volume
     _check_modality(volume.modality, MODALITIES["ct"], "the series", any_modality)
+    warnings = volume_warnings(volume, m.manifest)
+    if MODALITIES["ct"] and volume.modality.strip().upper() not in MODALITIES["ct"]:
+        warnings.insert(0, {"code": "unexpected_modality", "detail": "the series is not a CT; "
+                            "it was run on request", "file": None})  # fmt: skip
+    refuse(warnings, st.refuse)
     pre = m.manifest.preprocessing
     with timer.stage("preprocess"):
         x = prepare_volume(volume, pre)  # (1, X, Y, Z)
@@ -336,7 +354,7 @@ def segment_series(st: State, form, budget: Budget, timer: StageTimer, headers: 
     threshold = float(inf.get("threshold", 0.5))
     labels = m.manifest.outputs[0].labels or [f"class_{k}" for k in range(len(probs))]
     masks = (probs >= threshold).transpose(0, 3, 2, 1)  # (L, X, Y, Z) → (L, D, H, W)
-    return m, volume, masks, labels, threshold, heads
+    return m, volume, masks, labels, threshold, heads, warnings
 
 
 #: windows per model call in segmentation: small, so radiograph requests wait at most one call
@@ -344,7 +362,7 @@ SEGMENT_BATCH = 2
 
 
 def segment_work(st: State, form, budget: Budget, timer: StageTimer):
-    m, volume, masks, labels, threshold, _ = segment_series(st, form, budget, timer)
+    m, volume, masks, labels, threshold, _, warnings = segment_series(st, form, budget, timer)
     series_uid = checked_uid(volume.series_uid, "SeriesInstanceUID")
     study_uid = checked_uid(volume.study_uid, "StudyInstanceUID")
     spacing = m.manifest.preprocessing.spacing or volume.spacing  # (d, h, w) mm
@@ -365,6 +383,7 @@ def segment_work(st: State, form, budget: Budget, timer: StageTimer):
         "spacing_mm": [float(s) for s in spacing],
         "threshold": threshold,
         "labels": result,
+        "warnings": warnings,
     }
     return body, "application/json"
 
@@ -374,7 +393,9 @@ def segment_dcm_work(st: State, form, budget: Budget, timer: StageTimer):
 
     from .seg import seg_bytes
 
-    m, volume, masks, labels, _, heads = segment_series(st, form, budget, timer, headers=True)
+    m, volume, masks, labels, _, heads, warnings = segment_series(
+        st, form, budget, timer, headers=True
+    )
     if m.manifest.preprocessing.spacing is not None:
         raise RequestError(422, "seg_not_on_source_grid", "this model resamples the series; "
                            "its masks cannot be stored against the source slices")  # fmt: skip
@@ -397,8 +418,11 @@ def segment_dcm_work(st: State, form, budget: Budget, timer: StageTimer):
         version = "0"
     budget.check()
     try:
-        return seg_bytes(sources, masks, labels, model_id=m.id, version=version), (
-            "application/dicom"
+        codes = ",".join(dict.fromkeys(w["code"] for w in warnings))
+        return (
+            seg_bytes(sources, masks, labels, model_id=m.id, version=version),
+            "application/dicom",
+            {"X-Anatomix-Warnings": codes} if codes else {},
         )
     except (ValueError, TypeError, AttributeError) as exc:  # highdicom refuses the sources
         raise RequestError(
@@ -414,18 +438,33 @@ _preprocessors_lock = threading.Lock()
 
 
 def preprocessor(model: LoadedModel):
-    """The model's preprocessing as ``list[(H, W) in [0, 1]] -> (N, C, S, S)``: a DALI pipeline
-    (GPU when there is one, CPU otherwise) built from the manifest, or imaging's NumPy reference
-    with ``ANATOMIX_PREPROCESS=numpy`` or where DALI is not installed."""
+    """The model's preprocessing as ``list[(H, W) in [0, 1]] -> (N, C, S, S)``: imaging's NumPy
+    reference on a CPU (measured 2-6x faster than DALI's CPU pipeline, which also serialises
+    requests: bench/RESULTS.md, "Serving"), a DALI GPU pipeline built from the manifest when a GPU
+    is visible and DALI installed. ``ANATOMIX_PREPROCESS`` = ``auto`` (default), ``numpy`` or
+    ``dali`` (DALI even on a CPU)."""
     with _preprocessors_lock:  # concurrent first requests must not build two pipelines
         if model.id not in _preprocessors:
             _preprocessors[model.id] = _build_preprocessor(model)
         return _preprocessors[model.id]
 
 
+def preprocess_mode(mode: str = "auto") -> str:
+    """``numpy`` or ``dali`` for the setting ``mode`` (``auto``, ``numpy``, ``dali``) on this
+    machine."""
+    if mode != "auto":
+        return mode
+    try:
+        from .preprocess import _cuda_visible, fn
+
+        return "dali" if fn is not None and _cuda_visible() else "numpy"
+    except ImportError:
+        return "numpy"
+
+
 def _build_preprocessor(model: LoadedModel):
     pre = model.manifest.preprocessing
-    if os.environ.get("ANATOMIX_PREPROCESS", "dali") == "dali":
+    if preprocess_mode(STATE.preprocess if STATE else "auto") == "dali":
         try:
             from .preprocess import DaliPreprocessor
 
@@ -544,6 +583,8 @@ def build_app() -> Starlette:
         Route("/v1/models", models_endpoint, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/docs.json", openapi_endpoint, methods=["GET"]),
+        # the interactive documentation is BentoML's Swagger UI at / (it reads /docs.json)
+        Route("/docs", lambda request: RedirectResponse("/", status_code=307), methods=["GET"]),
         Route("/v1/{rest:path}", not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
     ]
     return Starlette(

@@ -8,7 +8,6 @@ runs the model once and hands every request its own rows back. Exports are batch
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -31,17 +30,11 @@ class Batcher:
         self, fn: Callable[[np.ndarray], dict], max_batch: int = 8, max_latency_ms: float = 10.0
     ):
         self.fn, self.max_batch = fn, max(1, int(max_batch))
+        self.on_batch: Callable[[int], None] | None = None  # told each call's size (metrics)
         self.max_latency = max(0.0, float(max_latency_ms)) / 1000.0
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="anatomix-batcher", daemon=True)
         self._thread.start()
-
-    @classmethod
-    def from_env(cls, fn, max_batch: int) -> Batcher:
-        """``ANATOMIX_MAX_BATCH`` / ``ANATOMIX_MAX_LATENCY_MS`` override the defaults."""
-        mb = int(os.environ.get("ANATOMIX_MAX_BATCH", max_batch))
-        ms = float(os.environ.get("ANATOMIX_MAX_LATENCY_MS", 10.0))
-        return cls(fn, min(mb, max_batch), ms)
 
     def submit(self, items: np.ndarray) -> Future:
         """Queue ``items`` (N, ...); the future gives ``{name: (N, ...)}``."""
@@ -71,6 +64,8 @@ class Batcher:
     def _loop(self) -> None:
         while True:
             jobs = self._gather()
+            if self.on_batch is not None:
+                self.on_batch(sum(len(items) for items, _ in jobs))
             try:
                 out = self.fn(np.concatenate([items for items, _ in jobs]))
             except BaseException as exc:  # noqa: BLE001 - every waiting request gets the error

@@ -369,8 +369,8 @@ async def read_form(
 
 
 def _default_base() -> Path:
-    env = os.environ.get("ANATOMIX_SPOOL_DIR")
-    return Path(env) if env else Path(tempfile.gettempdir()) / "anatomix-spool"
+    """Where uploads are spooled unless the settings name a place (``ANATOMIX_SPOOL_DIR``)."""
+    return Path(tempfile.gettempdir()) / "anatomix-spool"
 
 
 def spool_root(base: Path | None = None) -> Path:

@@ -92,8 +92,10 @@ def start(
     env: dict[str, str] | None = None,
     port: int | None = None,
     ready_timeout: float = 180.0,
+    probe: str = "/readyz",
 ) -> Server:
-    """Serve the exports under ``models`` on 127.0.0.1 and return once ``/readyz`` answers 200.
+    """Serve the exports under ``models`` on 127.0.0.1 and return once ``probe`` answers 200
+    (``/livez`` for a server that is up but not ready, e.g. with no model).
 
     Args:
         models: the ``ANATOMIX_MODELS`` directory.
@@ -125,7 +127,7 @@ def start(
             server.stop()
             raise RuntimeError(f"bentoml serve exited ({proc.returncode}):\n{server.log()[-3000:]}")
         try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{server.url}{probe}", timeout=2).status_code == 200:
                 return server
         except httpx.HTTPError:
             pass

@@ -9,6 +9,8 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .timing import STAGES
+
 UNMATCHED = "unmatched"
 METHODS = ("GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH")
 
@@ -50,6 +52,23 @@ class Metrics:
             "anatomix_decoder_restarts", "Decoding processes replaced (killed or retired)",
             ["lane"], registry=r,
         )  # fmt: skip
+
+        self.stage_seconds = Histogram(
+            "anatomix_stage_seconds",
+            "Time per request stage: queue (waiting for a lane slot), decode, preprocess, infer "
+            "(model calls, waiting for a batch included)", ["route", "stage"], registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "anatomix_batch_size", "Items per model call (adaptive batching)", ["model"],
+            registry=r, buckets=(1, 2, 4, 8, 16, 32, 64),
+        )  # fmt: skip
+
+    def stages(self, route: str, ms: dict[str, float]) -> None:
+        """One request's stage times (:class:`serve.timing.StageTimer`); known stages only."""
+        for stage, value in ms.items():
+            if stage in STAGES:
+                self.stage_seconds.labels(route, stage).observe(value / 1000.0)
 
     def route_label(self, template: str | None) -> str:
         return template if template in self.routes else UNMATCHED

@@ -11,13 +11,21 @@ ERROR = {
         "detail": {"type": "string", "description": "what was wrong, without patient values"},
     },
 }
+#: the input guard's warnings (serve.guard), part of every result
+OK = (
+    "the result; each result (CT: the answer; segment.dcm: the X-Anatomix-Warnings header) carries "
+    "input guard warnings [{code, detail, file}]: unexpected_modality, lateral_view, unknown_view, "
+    "intensity_out_of_distribution, small_input, implausible_hu, missing_spacing, "
+    "anisotropic_spacing"
+)
 REFUSALS = {
     "400": "malformed request or file (bad_form, unknown_field, expected_file, not_dicom, ...)",
     "401": "a valid API key is required (X-API-Key or Authorization: Bearer)",
     "408": "the body did not arrive in time (upload_timeout)",
     "413": "a limit was passed (upload_too_large, too_many_files, image_too_large, ...)",
     "415": "not multipart/form-data, or an unsupported transfer syntax or photometric",
-    "422": "the file is valid DICOM but cannot be used (wrong_modality, invalid_uid, ...)",
+    "422": "the file is valid DICOM but cannot be used (wrong_modality, invalid_uid, ...), or an "
+    "input guard warning this deployment refuses (ANATOMIX_REFUSE_WARNINGS)",
     "503": "busy (Retry-After) or no model serves the endpoint",
     "504": "the request's time budget ran out; its work was stopped",
 }
@@ -56,7 +64,7 @@ def spec(version: str = "0") -> dict:
     paths = {}
     for route, (summary, files, fields) in ENDPOINTS.items():
         media = "application/dicom" if route.endswith(".dcm") else "application/json"
-        responses = {"200": {"description": "the result", "content": {media: {}}}}
+        responses = {"200": {"description": OK, "content": {media: {}}}}
         responses |= {code: {"description": text,
                              "content": {"application/json": {"schema": ERROR}}}
                       for code, text in REFUSALS.items()}  # fmt: skip
@@ -69,6 +77,18 @@ def spec(version: str = "0") -> dict:
     paths["/metrics"] = {"get": {"summary": "Prometheus metrics (key required when "
                                  "ANATOMIX_METRICS_PUBLIC=0)",
                                  "responses": {"200": {"description": "text format"}}}}  # fmt: skip
+    paths["/docs.json"] = {"get": {"summary": "This document (OpenAPI 3)",
+                                   "responses": {"200": {"description": "JSON"}}}}  # fmt: skip
+    paths["/docs"] = {"get": {"summary": "Redirects to the interactive documentation at /",
+                              "responses": {"307": {"description": "to /"}}}}  # fmt: skip
+    probes = {
+        "/livez": "the process is up",
+        "/healthz": "the process is up",
+        "/readyz": "at least one model is loaded (503 with the reason otherwise)",
+    }
+    for route, text in probes.items():  # BentoML's own routes, described here for operators
+        paths[route] = {"get": {"summary": text, "responses": {
+            "200": {"description": "yes"}, "503": {"description": "no, and why"}}}}  # fmt: skip
     return {
         "openapi": "3.0.2",
         "info": {"title": "anatomix", "version": version,

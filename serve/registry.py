@@ -8,7 +8,6 @@ or by id (the export's manifest name); nothing about a model is hard-coded here.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,24 +58,35 @@ class ModelRegistry:
         self.models, self.root, self.problems = models, root, problems
 
     @classmethod
-    def from_dir(cls, root: str | os.PathLike | None = None) -> ModelRegistry:
-        """Load every ``*/manifest.json`` under ``root``; broken exports are reported, skipped."""
-        root = Path(root or os.environ.get("ANATOMIX_MODELS", "exports"))
+    def from_settings(cls, settings) -> ModelRegistry:
+        """Load every ``*/manifest.json`` under ``settings.models`` with its runtime backend,
+        threads and batching; broken exports are reported, skipped."""
+        root = Path(settings.models)
         models, problems = [], {}
         dirs = sorted(p.parent for p in root.glob(f"*/{MANIFEST_NAME}")) if root.is_dir() else []
-        threads = int(os.environ.get("ANATOMIX_THREADS", "0")) or None
         for d in dirs:
             try:
-                rt = load(d, threads=threads)
+                rt = load(d, backend=settings.runtime, threads=settings.threads)
             except (ManifestError, ValueError, OSError) as exc:
                 problems[d.name] = str(exc)
                 log.error("export %s not loaded: %s", d.name, exc)
                 continue
-            batcher = Batcher.from_env(rt.predict, rt.max_batch)
+            max_batch = min(settings.max_batch or rt.max_batch, rt.max_batch)
+            batcher = Batcher(rt.predict, max_batch, settings.max_latency_ms)
             models.append(LoadedModel(rt.manifest.name or d.name, rt.manifest, rt, batcher))
             log.info("loaded %s (%s/%s) on %s", d.name, rt.manifest.family, rt.manifest.task,
                      rt.backend)  # fmt: skip
         return cls(models, root, problems)
+
+    def not_ready(self) -> str | None:
+        """Why this registry cannot serve (None when at least one model is loaded). Names no
+        server path: ``/readyz`` answers unauthenticated clients."""
+        if self.models:
+            return None
+        if self.problems:
+            return (f"no model is loaded: all {len(self.problems)} export(s) under "
+                    "ANATOMIX_MODELS failed to load (the server log names each)")  # fmt: skip
+        return "no model is loaded: ANATOMIX_MODELS holds no export (*/manifest.json)"
 
     def get(self, role: str, model_id: str | None = None) -> LoadedModel:
         """The model for ``role`` (or the one named ``model_id``, if it can serve the role)."""

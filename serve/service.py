@@ -25,73 +25,55 @@ log = logging.getLogger("anatomix.serve")
 privacy.install()  # before anything can log an upload's attribute values
 
 
-def _log_to_stderr() -> None:
-    """BentoML configures its own loggers only: give ``anatomix.*`` INFO lines the same place."""
+def _configure_logging(settings) -> None:
+    """``anatomix.*`` lines go to stderr beside BentoML's; with ``ANATOMIX_LOG_FORMAT=json`` every
+    line of the process (BentoML's request lines included) is one JSON object."""
+    from .logs import TEXT_FORMAT, JsonFormatter
+
     root = logging.getLogger("anatomix")
     if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s [%(levelname)s] [%(name)s] %(message)s")
-        )
-        root.addHandler(handler)
-        root.setLevel(os.environ.get("ANATOMIX_LOG_LEVEL", "INFO").upper())
+        root.addHandler(logging.StreamHandler(sys.stderr))
+        root.setLevel(settings.log_level)
         root.propagate = False
+    fmt = JsonFormatter() if settings.log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    for h in root.handlers:
+        h.setFormatter(fmt)
+    if settings.log_format == "json":
+        for name in ("bentoml", "bentoml.access", "uvicorn", "uvicorn.error", ""):
+            for h in logging.getLogger(name).handlers:
+                h.setFormatter(fmt)
 
 
-def _env_int(name: str, default: int) -> int:
-    from .limits import ConfigError
-
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < 1:
-        raise ConfigError(f"{name} must be at least 1, got {value}")
-    return value
-
-
-def build_state() -> api.State:
-    """Read every setting, load the models, start the decoders (raises ConfigError)."""
-    from .auth import ApiKeys
+def build_state(settings=None) -> api.State:
+    """Load the models and start the decoders under ``settings`` (read from the environment
+    when not given; :class:`~serve.limits.ConfigError` names a bad setting)."""
     from .decoder import DecoderPool
     from .forms import clean_stale_spools, spool_root
-    from .lanes import Lane, LaneConfig, PriorityGate
-    from .limits import ConfigError, Limits
+    from .lanes import Lane, PriorityGate
     from .metrics import Metrics
     from .registry import ModelRegistry
+    from .settings import Settings
 
-    limits = Limits.from_env()
-    keys = ApiKeys.from_env()
-    public = os.environ.get("ANATOMIX_METRICS_PUBLIC", "1").strip()
-    if public not in ("0", "1"):
-        raise ConfigError(f"ANATOMIX_METRICS_PUBLIC must be 0 or 1, got {public!r}")
+    s = settings or Settings.from_env()
+    log.info("radiograph preprocessing: %s", api.preprocess_mode(s.preprocess))
     metrics = Metrics(api.ROUTES)
-    lanes = {
-        "cxr": Lane("cxr", LaneConfig(_env_int("ANATOMIX_CXR_CONCURRENCY", 4),
-                                      _env_int("ANATOMIX_CXR_QUEUE", 32), 30.0), metrics),
-        "ct": Lane("ct", LaneConfig(_env_int("ANATOMIX_CT_CONCURRENCY", 2),
-                                    _env_int("ANATOMIX_CT_QUEUE", 8), 60.0), metrics),
-    }  # fmt: skip
-    budgets = {
-        "cxr": float(_env_int("ANATOMIX_CXR_TIMEOUT_S", 60)),
-        "ct": float(_env_int("ANATOMIX_CT_TIMEOUT_S", 600)),
-    }
-    removed = clean_stale_spools()
+    lanes = {"cxr": Lane("cxr", s.cxr_lane, metrics), "ct": Lane("ct", s.ct_lane, metrics)}
+    budgets = {"cxr": s.cxr_timeout_s, "ct": s.ct_timeout_s}
+    removed = clean_stale_spools(s.spool_dir)
     if removed:
         log.info("removed %d upload folder(s) left by a stopped server", removed)
     decoders = {
-        "cxr": DecoderPool(_env_int("ANATOMIX_CXR_DECODERS", 2), limits, name="cxr"),
-        "ct": DecoderPool(_env_int("ANATOMIX_CT_DECODERS", 1), limits, name="ct"),
+        "cxr": DecoderPool(s.cxr_decoders, s.limits, name="cxr"),
+        "ct": DecoderPool(s.ct_decoders, s.limits, name="ct"),
     }
-    registry = ModelRegistry.from_dir()
+    registry = ModelRegistry.from_settings(s)
     metrics.models.set(len(registry.models))
+    for m in registry.models:  # model ids are the loaded exports: a bounded label set
+        m.batcher.on_batch = metrics.batch_size.labels(m.id).observe
     return api.State(
-        limits=limits, keys=keys, registry=registry, decoders=decoders, lanes=lanes,
-        budgets=budgets, metrics=metrics, spool=spool_root(), gate=PriorityGate(),
-        metrics_public=public == "1",
+        limits=s.limits, keys=s.keys, registry=registry, decoders=decoders, lanes=lanes,
+        budgets=budgets, metrics=metrics, spool=spool_root(s.spool_dir), gate=PriorityGate(),
+        metrics_public=s.metrics_public, preprocess=s.preprocess, refuse=s.refuse_warnings,
     )  # fmt: skip
 
 
@@ -106,10 +88,24 @@ class AnatomixService:
     """DICOM in, predictions out (the routes are in :mod:`serve.app`)."""
 
     def __init__(self) -> None:
-        _log_to_stderr()
+        from .settings import Settings
+
+        settings = Settings.from_env()  # a bad setting stops the start, naming it
+        _configure_logging(settings)
         # stopping `bentoml serve` (even with SIGKILL) must not leave this worker running
         die_with_parent(os.getppid())
-        api.STATE = build_state()
+        api.STATE = build_state(settings)
         st = api.STATE
         log.info("anatomix: %d model(s) loaded from %s; API keys %s", len(st.registry.models),
                  st.registry.root, "required" if st.keys.required else "not required")  # fmt: skip
+        if st.registry.not_ready():
+            log.error("not ready: %s", st.registry.not_ready())
+
+    def __is_ready__(self) -> bool:
+        """``/readyz``: 503 saying why until a model is loaded (BentoML answers 200 otherwise)."""
+        reason = api.STATE.registry.not_ready() if api.STATE else "starting"
+        if reason:
+            from starlette.exceptions import HTTPException
+
+            raise HTTPException(status_code=503, detail=reason)  # BentoML's own text says nothing
+        return True

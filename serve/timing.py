@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
-#: the stages every endpoint reports, in order (milliseconds)
-STAGES = ("decode", "preprocess", "infer")
+#: the stages every endpoint reports, in order (milliseconds); "queue" is the wait for a slot of
+#: the endpoint's lane
+STAGES = ("queue", "decode", "preprocess", "infer")
 
 
 class StageTimer:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from imaging.errors import ImagingError
+from imaging.voi import min_max_unit, to_unit
 
 
 class DatasetFormatError(ImagingError, ValueError):
@@ -181,24 +182,23 @@ def read_raster(path: Path) -> np.ndarray:
 def scale_to_unit(
     pixels: np.ndarray, center: float | None = None, width: float | None = None
 ) -> np.ndarray:
-    """Map pixels to [0, 1]: by the VOI window (linear, clipped) if given, else min–max."""
+    """Map pixels to [0, 1]: by a plain linear window ``(p − (center − width/2)) / width``,
+    clipped, if given, else min–max. For rasters and arrays; DICOM images go through the DICOM
+    VOI transform instead (:func:`read_dicom_radiograph`, :func:`imaging.voi.to_unit`)."""
     pixels = np.asarray(pixels, dtype=np.float32)
     if center is not None and width is not None and width > 0:
         lo = center - width / 2.0
         return np.clip((pixels - lo) / width, 0.0, 1.0).astype(np.float32)
-    lo, hi = float(pixels.min()), float(pixels.max())
-    if hi <= lo:
-        return np.zeros_like(pixels)
-    return ((pixels - lo) / (hi - lo)).astype(np.float32)
+    return min_max_unit(pixels)
 
 
 def read_dicom_radiograph(path: Path) -> np.ndarray:
-    """DICOM radiograph → float32 ``(H, W)`` in [0, 1], higher is denser (MONOCHROME1 inverted)."""
+    """DICOM radiograph → float32 ``(H, W)`` in [0, 1], higher is denser: the first frame through
+    the file's VOI LUT, window (with its VOI LUT Function) or min–max, exactly as serving's
+    ``imaging.preprocess.radiograph_to_unit`` (:func:`imaging.voi.to_unit`)."""
     from imaging.dicom import read_image
 
-    img = read_image(path)
-    pixels = img.pixels[0] if img.pixels.ndim == 3 else img.pixels
-    return scale_to_unit(pixels, img.window_center, img.window_width)
+    return to_unit(read_image(path))
 
 
 def read_volume_hu(path: Path):

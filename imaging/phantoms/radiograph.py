@@ -54,7 +54,8 @@ class Radiograph:
             photometric="MONOCHROME2",
             window_center=0.5,
             window_width=1.0,
-            meta=dict(self.meta),
+            # the identity on [0, 1] (LINEAR would be a step: DICOM's LINEAR uses width − 1)
+            meta={**self.meta, "voi_function": "LINEAR_EXACT"},
         )
 
 

@@ -80,11 +80,29 @@ def _break(raw, path, value=None, delete=False):
         (["preprocessing", "hu_clip"], None, True, "Preprocessing.hu_clip"),
         (["surprise"], 1, False, "unknown field"),
         (["source", "sha256"], None, True, "missing field source.sha256"),
+        (["input_statistics"], {"n": 1}, False, "input_statistics.features must be an object"),
+        (
+            ["input_statistics"],
+            {"features": {"mean": {"mean": "x", "std": 0.1}}},
+            False,
+            "input_statistics.features.mean.mean must be float",
+        ),
     ],
 )
 def test_invalid_manifests_are_refused_with_the_field_named(raw, path, value, delete, message):
     with pytest.raises(ManifestError, match=message):
         manifest_from_dict(_break(raw, path, value, delete))
+
+
+def test_input_statistics_optional_and_recorded(raw):
+    from imaging.distribution import phantom_statistics
+
+    assert raw["input_statistics"] is None  # a CT model: no radiograph statistics
+    old = {k: v for k, v in raw.items() if k != "input_statistics"}  # an older export
+    assert manifest_from_dict(old).input_statistics is None
+    stats = phantom_statistics(n=2)
+    m = manifest_from_dict(raw | {"input_statistics": stats})
+    assert m.input_statistics == stats and m.to_dict()["input_statistics"] == stats
 
 
 def test_reading_names_the_file(export_dir, raw, tmp_path):

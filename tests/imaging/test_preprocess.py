@@ -56,8 +56,8 @@ def _check_peac(pixels: np.ndarray, size: int) -> None:
     got, geom = prepare_radiograph(pixels, peac_cxr(size))
     ref, transform = peac_preprocess(pixels, size)
     np.testing.assert_allclose(got, ref[0].numpy(), atol=ATOL, rtol=0)
-    assert geom.original_hw == transform.original
-    assert geom.resized_hw == transform.resized
+    assert geom.original_hw == transform.original_hw
+    assert geom.resized_hw == transform.resized_hw
     assert geom.offset == transform.offset
     assert geom.size == transform.size
     h, w = pixels.shape

@@ -235,7 +235,9 @@ def test_preprocess_crops_the_centre_and_normalises():
     img = np.random.default_rng(0).random((224, 112), dtype=np.float32)  # shorter side = 112
     x, tf = preprocess(img, 112)
     assert x.shape == (1, 3, 112, 112) and x.dtype == torch.float32
-    assert tf == CropTransform(original=(224, 112), resized=(224, 112), offset=(56, 0), size=112)
+    assert tf == CropTransform(
+        original_hw=(224, 112), resized_hw=(224, 112), offset=(56, 0), size=112
+    )
     want = (torch.from_numpy(img[56:168]) - 0.5056) / 0.252
     for c in range(3):
         torch.testing.assert_close(x[0, c], want, rtol=1e-5, atol=1e-5)
@@ -243,13 +245,13 @@ def test_preprocess_crops_the_centre_and_normalises():
 
     x, tf = preprocess(torch.rand(1, 90, 180), 112, in_chans=1)
     assert x.shape == (1, 1, 112, 112)
-    assert tf.resized == (112, 224) and tf.offset == (0, 56)
+    assert tf.resized_hw == (112, 224) and tf.offset == (0, 56)
     with pytest.raises(ValueError, match=r"\(H, W\)"):
         preprocess(np.zeros((2, 5, 5)), 112)
 
 
 def test_crop_transform_maps_pixel_centres():
-    tf = CropTransform(original=(200, 100), resized=(224, 112), offset=(56, 0), size=112)
+    tf = CropTransform(original_hw=(200, 100), resized_hw=(224, 112), offset=(56, 0), size=112)
     # scale 1.12 on both axes: model = (orig + 0.5) * 1.12 - 0.5 - offset
     pts = np.array([[100.0, 50.0], [0.0, 0.0], [199.0, 99.0]])
     want = np.array(
@@ -311,7 +313,7 @@ def test_an_image_corresponds_to_itself(request, kind):
     # query: a point maps to the centre of its own cell, in the same original pixels
     # 150×130 → shorter side 130 → scale s; cell (r, q) centre → (centre + off + 0.5) / s - 0.5
     tf = corr.transform_a
-    assert tf.original == (150, 130) and tf.resized[1] == model.img_size
+    assert tf.original_hw == (150, 130) and tf.resized_hw[1] == model.img_size
     pts = np.array([[75.0, 65.0], [20.0, 120.0]])
     got, sim = corr.query(pts)
     cells = np.floor(tf.to_model(pts) / model.cell)

@@ -182,3 +182,76 @@ def test_metric_labels_stay_bounded():
     assert "/v1/random" not in text and "M1999" not in text
     assert 'route="unmatched"' in text and 'route="/v1/cxr/classify"' in text
     assert len(text) < 20_000
+
+
+def test_preprocess_mode_defaults_to_numpy_on_a_cpu_and_refuses_unknown_values():
+    from serve.app import preprocess_mode
+    from serve.settings import Settings
+
+    assert preprocess_mode(Settings.from_env({}).preprocess) == "numpy"  # no GPU here
+    assert preprocess_mode(Settings.from_env({"ANATOMIX_PREPROCESS": "DALI"}).preprocess) == "dali"
+    with pytest.raises(ConfigError, match="ANATOMIX_PREPROCESS"):
+        Settings.from_env({"ANATOMIX_PREPROCESS": "opencv"})
+
+
+@pytest.mark.parametrize(
+    "env, name",
+    [
+        ({"ANATOMIX_CXR_CONCURRENCY": "four"}, "ANATOMIX_CXR_CONCURRENCY"),
+        ({"ANATOMIX_CT_QUEUE": "0"}, "ANATOMIX_CT_QUEUE"),
+        ({"ANATOMIX_METRICS_PUBLIC": "yes"}, "ANATOMIX_METRICS_PUBLIC"),
+        ({"ANATOMIX_RUNTIME": "cuda"}, "ANATOMIX_RUNTIME"),
+        ({"ANATOMIX_MAX_LATENCY_MS": "-1"}, "ANATOMIX_MAX_LATENCY_MS"),
+        ({"ANATOMIX_LOG_FORMAT": "xml"}, "ANATOMIX_LOG_FORMAT"),
+        ({"ANATOMIX_LOG_LEVEL": "chatty"}, "ANATOMIX_LOG_LEVEL"),
+        ({"ANATOMIX_MAX_UPLOAD_MB": "lots"}, "ANATOMIX_MAX_UPLOAD_MB"),
+        ({"ANATOMIX_API_KEYS": "k1, "}, "ANATOMIX_API_KEYS"),
+        # a typo of an API-key setting would leave the server open: it stops the start
+        ({"ANATOMIX_API_KEY": "a-long-enough-key-0123"}, "did you mean ANATOMIX_API_KEYS"),
+    ],
+)
+def test_every_bad_setting_stops_the_start_naming_it(env, name):
+    from serve.settings import Settings
+
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env(env)
+
+
+def test_settings_defaults_values_and_unknown_names(caplog):
+    from serve.settings import Settings
+
+    s = Settings.from_env({})
+    assert (s.cxr_lane.concurrency, s.ct_lane.queue, s.preprocess, s.runtime) == (
+        4,
+        8,
+        "auto",
+        None,
+    )
+    s = Settings.from_env({"ANATOMIX_CT_TIMEOUT_S": "12", "ANATOMIX_RUNTIME": "ort-cpu",
+                           "ANATOMIX_THREADS": "0", "ANATOMIX_LOG_FORMAT": "JSON"})  # fmt: skip
+    assert (s.ct_timeout_s, s.runtime, s.threads, s.log_format) == (12.0, "ort-cpu", None, "json")
+    with caplog.at_level(logging.WARNING, logger="anatomix.serve"):
+        Settings.from_env({"ANATOMIX_MAX_UPLAOD_MB": "16", "ANATOMIX_REQUIRE_ORTHANC": "1"})
+    assert "ANATOMIX_MAX_UPLAOD_MB" in caplog.text and "ANATOMIX_MAX_UPLOAD_MB" in caplog.text
+    assert "ANATOMIX_REQUIRE_ORTHANC" not in caplog.text
+
+
+def test_json_log_lines_are_one_object_each_without_exception_messages():
+    import json as json_
+
+    from serve.logs import JsonFormatter
+
+    try:
+        raise ValueError("Doe^John")
+    except ValueError:
+        import sys
+
+        info = sys.exc_info()
+    record = logging.LogRecord(
+        "anatomix.serve", logging.ERROR, __file__, 1, "request refused: %s", ("bad_form",), info
+    )
+    line = JsonFormatter().format(record)
+    assert "\n" not in line and "Doe" not in line
+    obj = json_.loads(line)
+    assert obj["message"] == "request refused: bad_form" and obj["exception"] == "ValueError"
+    assert obj["level"] == "ERROR" and obj["logger"] == "anatomix.serve"

@@ -30,3 +30,39 @@ def test_existing_exports_are_kept(tmp_path):
     out = _run("--exports", str(tmp_path), "--runs", str(tmp_path / "runs"))
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("already exported") == 3 and not (tmp_path / "runs").exists()
+    assert not (tmp_path / ".demo-incomplete").exists()  # a finished build leaves no marker
+
+
+def _make_serve(tmp_path, exports):
+    """`make serve` with stand-ins for the venv's python (records its arguments, fails) and
+    bentoml (records that it was started), so that no build or server runs."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True, exist_ok=True)
+    for name, code in (("python", 3), ("bentoml", 0)):
+        fake = venv / "bin" / name
+        fake.write_text(f'#!/bin/sh\necho "{name} $@" >> {tmp_path / "called"}\nexit {code}\n')
+        fake.chmod(0o755)
+    stamp = tmp_path / "stamp"
+    stamp.touch()
+    env = {"PATH": "/usr/bin:/bin", "ANATOMIX_MODELS": str(exports)}
+    out = subprocess.run(["make", "-s", "serve", f"VENV={venv}", f"STAMP={stamp}"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    called = (tmp_path / "called").read_text() if (tmp_path / "called").exists() else ""
+    return out, called
+
+
+def test_make_serve_resumes_an_interrupted_demo_build(tmp_path):
+    exports = tmp_path / "exports"
+    (exports / "nodule_seg").mkdir(parents=True)
+    (exports / "nodule_seg" / "manifest.json").write_text("{}")  # one of three was finished
+    (exports / ".demo-incomplete").touch()
+    out, called = _make_serve(tmp_path, exports)
+    assert "interrupted: resuming it" in out.stdout
+    assert "scripts/demo_models.py" in called and str(exports) in called
+    assert "bentoml" not in called  # the failed build stops the recipe
+    # the same exports without the marker are the user's own: served, no demo build
+    (exports / ".demo-incomplete").unlink()
+    (tmp_path / "called").unlink()
+    out, called = _make_serve(tmp_path, exports)
+    assert "demo_models" not in called and "resuming" not in out.stdout
+    assert called.startswith("bentoml serve serve.service:AnatomixService")

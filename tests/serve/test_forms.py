@@ -414,8 +414,8 @@ def test_spool_root(tmp_path, monkeypatch):
     assert root == tmp_path / "base" / str(os.getpid())
     assert root.is_dir() and (root.stat().st_mode & 0o777) == 0o700
     assert spool_root(tmp_path / "base") == root  # idempotent
-    monkeypatch.setenv("ANATOMIX_SPOOL_DIR", str(tmp_path / "env"))
-    assert spool_root() == tmp_path / "env" / str(os.getpid())
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    assert spool_root() == tmp_path / "tmp" / "anatomix-spool" / str(os.getpid())
 
 
 def test_clean_stale_spools(tmp_path):

@@ -89,7 +89,7 @@ def test_classify_real_and_phantom_radiographs(server, exports):
     assert body["model"] == "cxr" and body["label_sets"] == ["nih", "rsna"]
     # where the request's time went, for clients and bench.serve (W3C Server-Timing)
     stages = parse_server_timing(r.headers["server-timing"])
-    assert set(stages) == {"decode", "preprocess", "infer"}
+    assert set(stages) == {"queue", "decode", "preprocess", "infer"}
     assert all(v >= 0 for v in stages.values()) and stages["decode"] > 0
     for (name, content), res in zip(files, body["results"], strict=True):
         assert res["file"] == name
@@ -143,6 +143,7 @@ def test_segment_series_as_files_and_as_zip(server, exports):
         )
     assert as_files.json()["labels"] == as_zip.json()["labels"]
     assert set(parse_server_timing(as_zip.headers["server-timing"])) == {
+        "queue",
         "decode",
         "preprocess",
         "infer",
@@ -345,3 +346,63 @@ def test_fuzzed_uploads_get_only_2xx_or_4xx(server):
     assert len(seen) >= 2 and any(400 <= c < 500 for c in seen), seen  # the damage was seen
     ok = _post(url, "/v1/cxr/classify", [("g.dcm", _bytes("RG3_UNCR.dcm"))])
     assert ok.status_code == 200
+
+
+def test_metrics_have_stage_histograms_batch_sizes_and_error_codes(server):
+    url, _ = server
+    assert _post(url, "/v1/cxr/classify", [("a.dcm", _film(3))]).status_code == 200
+    bad = _post(url, "/v1/cxr/classify", [("bad.dcm", b"not dicom at all")])
+    assert bad.status_code == 400
+    text = httpx.get(url + "/metrics", timeout=30).text
+
+    def value(series: str) -> float:
+        line = next(ln for ln in text.splitlines() if ln.startswith(series + " "))
+        return float(line.split()[-1])
+
+    route = 'route="/v1/cxr/classify"'
+    for stage in ("queue", "decode", "preprocess", "infer"):
+        assert value(f'anatomix_stage_seconds_count{{{route},stage="{stage}"}}') >= 1
+    assert value('anatomix_batch_size_count{model="cxr"}') >= 1
+    code = bad.json()["error"]
+    assert value(f'anatomix_refused_total{{code="{code}",{route}}}') >= 1
+
+
+def _lateral(seed: int) -> bytes:
+    from .test_guard import lateral_film
+
+    film = lateral_film(make_chest_ct(seed, shape=(40, 96, 96)))
+    ds = pydicom.dcmread(io.BytesIO(radiograph_bytes(film, modality="CR")))
+    ds.PatientName, ds.PatientID, ds.ViewPosition = PATIENT, PATIENT_ID, "LL"
+    return _dcm(ds)
+
+
+def test_input_guard_warnings(server):
+    url, _ = server
+    files = [("frontal.dcm", _film(1)), ("RG1_UNCR.dcm", _bytes("RG1_UNCR.dcm")),
+             ("lateral.dcm", _lateral(2))]  # fmt: skip
+    r = _post(url, "/v1/cxr/classify", files)
+    assert r.status_code == 200, r.text
+    frontal, real, lateral = r.json()["results"]
+    assert frontal["warnings"] == [] and real["warnings"] == []
+    # its centre contrast (no bright mediastinum) is also far from the training films'
+    assert [w["code"] for w in lateral["warnings"]][0] == "lateral_view"
+    assert lateral["warnings"][0]["file"] == "lateral.dcm"
+    assert PATIENT not in r.text and PATIENT_ID not in r.text
+    r = _post(url, "/v1/ct/segment", [(f"s{i}.dcm", b) for i, b in enumerate(_series(5))])
+    assert r.status_code == 200, r.text
+    assert r.json()["warnings"] == []
+
+
+def test_refused_warning_is_a_422(exports, tmp_path):
+    env = {"ANATOMIX_API_KEYS": KEY, "ANATOMIX_REFUSE_WARNINGS": "lateral_view"}
+    try:
+        srv = launch.start(exports, tmp_path / "server.log", env=env)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        r = _post(srv.url, "/v1/cxr/classify", [("frontal.dcm", _film(1))])
+        assert r.status_code == 200 and r.json()["results"][0]["warnings"] == [], r.text
+        r = _post(srv.url, "/v1/cxr/classify", [("lateral.dcm", _lateral(2))])
+        assert r.status_code == 422 and r.json()["error"] == "lateral_view", r.text
+    finally:
+        srv.stop()

@@ -55,9 +55,9 @@ def test_dicom_monochrome1_and_window(tmp_path):
     ds = VinDrCxrDataset(make_vindr(tmp_path), "train")
     inverted = ds[0].image  # MONOCHROME1: higher stored value is darker, so the ramp flips
     assert inverted[0, 0] == pytest.approx(1.0) and inverted[0, -1] == pytest.approx(0.0)
-    windowed = ds[1].image  # window 2048/4096 spans 0..4096
-    assert windowed[0, 0] == pytest.approx(0.0, abs=1e-3)
-    assert windowed[0, -1] == pytest.approx(4095 / 4096, abs=1e-3)
+    windowed = ds[1].image  # window 2048/4096, DICOM LINEAR (center − 0.5, width − 1): 0..4095
+    assert windowed[0, 0] == pytest.approx(0.0, abs=1e-6)
+    assert windowed[0, -1] == pytest.approx(1.0, abs=1e-6)
     assert windowed.dtype == np.float32
 
 

@@ -1,0 +1,171 @@
+"""Every ``ANATOMIX_*`` setting of the server, read once at start-up into one typed, frozen
+object: a malformed value stops the start with a message naming the variable, and an unknown
+``ANATOMIX_*`` name is reported (one close to an API-key setting stops the start: a typo there
+would leave the server open). The variables and their defaults are the README's "Serving"."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .auth import ApiKeys
+from .lanes import LaneConfig
+from .limits import ConfigError, Limits
+
+log = logging.getLogger("anatomix.serve")
+
+#: backends :func:`export.runtime.load` knows (kept in step with export.runtime.BACKENDS)
+RUNTIMES = ("tensorrt", "ort-cuda", "ort-cpu")
+AUTH_VARIABLES = ("ANATOMIX_API_KEYS", "ANATOMIX_API_KEY_SHA256")
+#: read by other tools (tests, benchmarks, the decoding processes), not by the server
+NOT_SERVER = (
+    "ANATOMIX_REQUIRE_",
+    "ANATOMIX_SERVE_FUZZ",
+    "ANATOMIX_DECODER_TEST_HOOKS",
+    "ANATOMIX_KERNELS",
+    "ANATOMIX_IMAGE_CACHE",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The server's configuration (see the module docstring)."""
+
+    models: Path = Path("exports")  # ANATOMIX_MODELS
+    limits: Limits = field(default_factory=Limits)  # ANATOMIX_MAX_* and the time limits
+    keys: ApiKeys = field(default_factory=lambda: ApiKeys([]))  # ANATOMIX_API_KEYS / _SHA256
+    metrics_public: bool = True  # ANATOMIX_METRICS_PUBLIC
+    # ANATOMIX_CXR_CONCURRENCY / _QUEUE and ANATOMIX_CT_CONCURRENCY / _QUEUE
+    cxr_lane: LaneConfig = field(default_factory=lambda: LaneConfig(4, 32, 30.0))
+    ct_lane: LaneConfig = field(default_factory=lambda: LaneConfig(2, 8, 60.0))
+    cxr_timeout_s: float = 60.0  # ANATOMIX_CXR_TIMEOUT_S
+    ct_timeout_s: float = 600.0  # ANATOMIX_CT_TIMEOUT_S
+    cxr_decoders: int = 2  # ANATOMIX_CXR_DECODERS
+    ct_decoders: int = 1  # ANATOMIX_CT_DECODERS
+    preprocess: str = "auto"  # ANATOMIX_PREPROCESS: auto | numpy | dali
+    runtime: str | None = None  # ANATOMIX_RUNTIME: a backend, or the best available
+    threads: int | None = None  # ANATOMIX_THREADS: ONNX Runtime intra-op threads
+    max_batch: int | None = None  # ANATOMIX_MAX_BATCH: at most the export's own
+    max_latency_ms: float = 10.0  # ANATOMIX_MAX_LATENCY_MS
+    spool_dir: Path | None = None  # ANATOMIX_SPOOL_DIR (default: the temp dir)
+    log_level: str = "INFO"  # ANATOMIX_LOG_LEVEL
+    log_format: str = "text"  # ANATOMIX_LOG_FORMAT: text | json
+    refuse_warnings: frozenset = frozenset()  # ANATOMIX_REFUSE_WARNINGS: serve.guard codes
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and check every setting (:class:`ConfigError` names the first bad one)."""
+        env = os.environ if env is None else env
+        r = _Reader(env)
+        settings = cls(
+            models=Path(r.text("ANATOMIX_MODELS", "exports")),
+            limits=Limits.from_env(env),
+            keys=ApiKeys.from_env(env),
+            metrics_public=r.choice("ANATOMIX_METRICS_PUBLIC", "1", ("0", "1")) == "1",
+            cxr_lane=LaneConfig(r.int("ANATOMIX_CXR_CONCURRENCY", 4),
+                                r.int("ANATOMIX_CXR_QUEUE", 32), 30.0),
+            ct_lane=LaneConfig(r.int("ANATOMIX_CT_CONCURRENCY", 2),
+                               r.int("ANATOMIX_CT_QUEUE", 8), 60.0),
+            cxr_timeout_s=float(r.int("ANATOMIX_CXR_TIMEOUT_S", 60)),
+            ct_timeout_s=float(r.int("ANATOMIX_CT_TIMEOUT_S", 600)),
+            cxr_decoders=r.int("ANATOMIX_CXR_DECODERS", 2),
+            ct_decoders=r.int("ANATOMIX_CT_DECODERS", 1),
+            preprocess=r.choice("ANATOMIX_PREPROCESS", "auto", ("auto", "numpy", "dali")),
+            runtime=r.choice("ANATOMIX_RUNTIME", None, RUNTIMES),
+            threads=r.int("ANATOMIX_THREADS", None, minimum=0) or None,
+            max_batch=r.int("ANATOMIX_MAX_BATCH", None),
+            max_latency_ms=r.number("ANATOMIX_MAX_LATENCY_MS", 10.0),
+            spool_dir=Path(s) if (s := r.text("ANATOMIX_SPOOL_DIR", "")) else None,
+            log_level=r.choice("ANATOMIX_LOG_LEVEL", "INFO",
+                               ("DEBUG", "INFO", "WARNING", "ERROR"), upper=True),
+            log_format=r.choice("ANATOMIX_LOG_FORMAT", "text", ("text", "json")),
+            refuse_warnings=r.codes("ANATOMIX_REFUSE_WARNINGS"),
+        )  # fmt: skip
+        r.check_unknown()
+        return settings
+
+
+#: every variable the server reads (Limits' and ApiKeys' included)
+KNOWN = {
+    "ANATOMIX_MODELS", "ANATOMIX_METRICS_PUBLIC", "ANATOMIX_CXR_CONCURRENCY",
+    "ANATOMIX_CXR_QUEUE", "ANATOMIX_CT_CONCURRENCY", "ANATOMIX_CT_QUEUE",
+    "ANATOMIX_CXR_TIMEOUT_S", "ANATOMIX_CT_TIMEOUT_S", "ANATOMIX_CXR_DECODERS",
+    "ANATOMIX_CT_DECODERS", "ANATOMIX_PREPROCESS", "ANATOMIX_RUNTIME", "ANATOMIX_THREADS",
+    "ANATOMIX_MAX_BATCH", "ANATOMIX_MAX_LATENCY_MS", "ANATOMIX_SPOOL_DIR", "ANATOMIX_LOG_LEVEL",
+    "ANATOMIX_LOG_FORMAT", "ANATOMIX_MAX_UPLOAD_MB", "ANATOMIX_MAX_FILES",
+    "ANATOMIX_MAX_UNZIPPED_MB", "ANATOMIX_MAX_INFLATE_RATIO", "ANATOMIX_MAX_IMAGE_MPX",
+    "ANATOMIX_MAX_STUDY_MPX", "ANATOMIX_UPLOAD_TIMEOUT_S", "ANATOMIX_DECODE_TIMEOUT_S",
+    "ANATOMIX_DECODE_MEMORY_MB", "ANATOMIX_REFUSE_WARNINGS", *AUTH_VARIABLES,
+}  # fmt: skip
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]):
+        self.env = env
+
+    def text(self, name: str, default: str) -> str:
+        raw = self.env.get(name)
+        return default if raw is None or not raw.strip() else raw.strip()
+
+    def int(self, name: str, default: int | None, minimum: int = 1) -> int | None:
+        raw = self.env.get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        return value
+
+    def number(self, name: str, default: float) -> float:
+        raw = self.env.get(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        if not 0 <= value < float("inf"):
+            raise ConfigError(f"{name} must be a non-negative number, got {raw!r}")
+        return value
+
+    def choice(self, name: str, default, allowed: tuple[str, ...], upper: bool = False):
+        raw = self.env.get(name)
+        if raw is None:
+            return default
+        value = raw.strip().upper() if upper else raw.strip().lower()
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+        return value
+
+    def codes(self, name: str) -> frozenset:
+        """A comma-separated list of :data:`serve.guard.CODES`."""
+        from .guard import CODES
+
+        raw = self.env.get(name) or ""
+        codes = frozenset(c.strip().lower() for c in raw.split(",") if c.strip())
+        unknown = sorted(codes - set(CODES))
+        if unknown:
+            raise ConfigError(f"{name}: unknown warning code(s) {', '.join(unknown)} (known: "
+                              f"{', '.join(CODES)})")  # fmt: skip
+        return codes
+
+    def check_unknown(self) -> None:
+        for name in sorted(k for k in self.env if k.startswith("ANATOMIX_")):
+            if name in KNOWN or name.startswith(NOT_SERVER):
+                continue
+            close = difflib.get_close_matches(name, AUTH_VARIABLES, n=1, cutoff=0.8)
+            if close:
+                raise ConfigError(
+                    f"{name} is not a setting; did you mean {close[0]}? (refusing to start "
+                    "without the API keys you may have meant to set)"
+                )
+            near = difflib.get_close_matches(name, sorted(KNOWN), n=1, cutoff=0.8)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            log.warning("%s is not a setting the server reads; ignored%s", name, hint)
