@@ -20,12 +20,14 @@ Prints a summary and writes ``<out>/results.json``; the figures are in bench/RES
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import random
 import statistics
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,34 +201,74 @@ def run_campaign(server, watch, corpus, seed: int, cases: int) -> dict:
     }  # fmt: skip
 
 
-def run_latency(server, corpus, rounds: int = 15) -> dict:
-    classify = good_case("/v1/cxr/classify", corpus, AUTH)
-    seg = good_case("/v1/ct/segment", corpus, AUTH)
+def _study_zip(shape=(32, 64, 64)) -> bytes:
+    """The soak's CT study: a phantom chest CT with a nodule, one Part 10 file per slice, zipped."""
+    from imaging.phantoms import make_chest_ct
+    from imaging.writers import ct_slice_datasets
 
-    def lat():
-        return send(server.url, classify.path, classify.headers, classify.body).seconds
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i, ds in enumerate(ct_slice_datasets(make_chest_ct(3, shape=shape).volume)):
+            out = io.BytesIO()
+            ds.save_as(out, enforce_file_format=True)
+            zf.writestr(f"ct/{i:03d}.dcm", out.getvalue())
+    return buf.getvalue()
 
-    idle = [lat() for _ in range(rounds)]
-    stop, seg_statuses = threading.Event(), []
+
+def _post(path: str, name: str, data: bytes) -> tuple[str, list, bytes]:
+    body = multipart([Part("files", data, name, "application/octet-stream")], B)
+    return path, AUTH + [CT], body
+
+
+def run_latency(server, corpus, rounds: int = 15, segmenting: int = 8) -> dict:
+    """Classify latency (a small phantom film and pydicom-data's 7 MB RG1_UNCR CR) alone, then
+    while ``segmenting`` clients keep posting the soak's 32-slice 64 × 64 CT study."""
+    from pydicom.data import get_testdata_file
+
+    small = good_case("/v1/cxr/classify", corpus, AUTH)
+    films = {
+        "phantom film": (small.path, small.headers, small.body),
+        "RG1_UNCR (7 MB CR)": _post("/v1/cxr/classify", "rg1.dcm",
+                                    Path(get_testdata_file("RG1_UNCR.dcm")).read_bytes()),
+    }  # fmt: skip
+    seg = _post("/v1/ct/segment", "study.zip", _study_zip())
+
+    def lat(req) -> float:
+        ans = send(server.url, *req)
+        assert ans.status == 200, (ans.status, ans.text[:200])
+        return ans.seconds
+
+    for req in films.values():
+        lat(req)  # warm
+    idle = {k: [lat(r) for _ in range(rounds)] for k, r in films.items()}
+    stop, seg_answers = threading.Event(), []
 
     def loop():
         while not stop.is_set():
-            seg_statuses.append(send(server.url, seg.path, seg.headers, seg.body).status)
+            ans = send(server.url, *seg)
+            seg_answers.append((ans.status, ans.seconds))
 
-    threads = [threading.Thread(target=loop) for _ in range(8)]
+    threads = [threading.Thread(target=loop) for _ in range(segmenting)]
     for t in threads:
         t.start()
     time.sleep(5)
-    busy = [lat() for _ in range(rounds)]
+    busy = {k: [] for k in films}
+    for _ in range(rounds):
+        for k, r in films.items():
+            busy[k].append(lat(r))
     stop.set()
     for t in threads:
         t.join()
-    return {"classify_idle_p50_s": round(statistics.median(idle), 3),
-            "classify_busy_p50_s": round(statistics.median(busy), 3),
-            "classify_busy_max_s": round(max(busy), 3),
-            "ratio_p50": round(statistics.median(busy) / statistics.median(idle), 2),
-            "segment_statuses": {str(s): seg_statuses.count(s)
-                                 for s in set(seg_statuses)}}  # fmt: skip
+    out = {}
+    for k in films:
+        i, b = statistics.median(idle[k]), statistics.median(busy[k])
+        out[k] = {"idle_p50_s": round(i, 3), "busy_p50_s": round(b, 3),
+                  "busy_max_s": round(max(busy[k]), 3), "ratio_p50": round(b / i, 2)}  # fmt: skip
+    statuses = [s for s, _ in seg_answers]
+    out["segment_statuses"] = {str(s): statuses.count(s) for s in set(statuses)}
+    ok = [t for s, t in seg_answers if s == 200]
+    out["segment_p50_s"] = round(statistics.median(ok), 2) if ok else None
+    return out
 
 
 def run_bursts(server, watch, corpus, bursts: int = 4, size: int = 64) -> dict:

@@ -20,6 +20,10 @@ log = logging.getLogger("anatomix.serve")
 
 #: backends :func:`export.runtime.load` knows (kept in step with export.runtime.BACKENDS)
 RUNTIMES = ("tensorrt", "ort-cuda", "ort-cpu")
+#: seconds a CT request may wait for a lane slot before its 503: a queue of 8 behind 2 studies of
+#: ~40 s each on 2 busy cores (the 60-minute soak, bench/RESULTS.md) must fit, or the queue is
+#: only nominal (60 s gave 503s there)
+CT_WAIT_S = 300.0
 AUTH_VARIABLES = ("ANATOMIX_API_KEYS", "ANATOMIX_API_KEY_SHA256")
 #: read by other tools (tests, benchmarks, the decoding processes), not by the server
 NOT_SERVER = (
@@ -41,7 +45,7 @@ class Settings:
     metrics_public: bool = True  # ANATOMIX_METRICS_PUBLIC
     # ANATOMIX_CXR_CONCURRENCY / _QUEUE and ANATOMIX_CT_CONCURRENCY / _QUEUE
     cxr_lane: LaneConfig = field(default_factory=lambda: LaneConfig(4, 32, 30.0))
-    ct_lane: LaneConfig = field(default_factory=lambda: LaneConfig(2, 8, 60.0))
+    ct_lane: LaneConfig = field(default_factory=lambda: LaneConfig(2, 8, CT_WAIT_S))
     cxr_timeout_s: float = 60.0  # ANATOMIX_CXR_TIMEOUT_S
     ct_timeout_s: float = 600.0  # ANATOMIX_CT_TIMEOUT_S
     cxr_decoders: int = 2  # ANATOMIX_CXR_DECODERS
@@ -69,7 +73,7 @@ class Settings:
             cxr_lane=LaneConfig(r.int("ANATOMIX_CXR_CONCURRENCY", 4),
                                 r.int("ANATOMIX_CXR_QUEUE", 32), 30.0),
             ct_lane=LaneConfig(r.int("ANATOMIX_CT_CONCURRENCY", 2),
-                               r.int("ANATOMIX_CT_QUEUE", 8), 60.0),
+                               r.int("ANATOMIX_CT_QUEUE", 8), CT_WAIT_S),
             cxr_timeout_s=float(r.int("ANATOMIX_CXR_TIMEOUT_S", 60)),
             ct_timeout_s=float(r.int("ANATOMIX_CT_TIMEOUT_S", 600)),
             cxr_decoders=r.int("ANATOMIX_CXR_DECODERS", 2),
