@@ -16,7 +16,14 @@ from pydicom.data import get_testdata_file
 
 from imaging.dicom import read_image
 
-FILES = ["RG1_UNCR.dcm", "RG1_UNCI.dcm", "RG1_J2KR.dcm", "693_J2KR.dcm", "CT_small.dcm", "JPEG-LL.dcm"]
+FILES = [
+    "RG1_UNCR.dcm",
+    "RG1_UNCI.dcm",
+    "RG1_J2KR.dcm",
+    "693_J2KR.dcm",
+    "CT_small.dcm",
+    "JPEG-LL.dcm",
+]
 
 
 def _time(fn, repeat: int) -> float:
