@@ -1,29 +1,37 @@
 """Load benchmark of the REST service: served throughput beside the raw runtime's, in one run.
 
-    python -m bench.serve [--sizes tiny paper] [--clients 8] [--seconds 30] [--inputs real]
+    python -m bench.serve [--sizes tiny paper ct] [--clients 8] [--seconds 30] [--inputs real]
 
-Issue #9, item 8. For the chest X-ray classifier (Ark; ``tiny`` = the CPU preset the demo serves,
-ResNet-18 at 64 px; ``paper`` = the published Swin-B at 224 px; random weights, since speed does
-not depend on them) the export is built once (shared with ``python -m bench.export``) and then:
+Issues #9 and #17. For the chest X-ray classifier (Ark; ``tiny`` = the CPU preset the demo
+serves, ResNet-18 at 64 px; ``paper`` = the published Swin-B at 224 px; random weights, since
+speed does not depend on them) the export is built once (shared with ``python -m bench.export``)
+and then:
 
 1. **raw**: ``export.runtime.load(...).predict`` on preprocessed batches of ``--clients`` images,
    in this process, with the server stopped: the model's own throughput, the ceiling.
 2. **served**: the real ``bentoml serve`` (``serve.launch``), ``--clients`` concurrent async
    clients each posting one DICOM file per request to ``/v1/cxr/classify`` for ``--seconds``
-   after a warm-up, once with the DALI CPU pipeline and once with ``ANATOMIX_PREPROCESS=numpy``;
-   then one client alone, for the unloaded latency. Each response's ``Server-Timing`` header gives
-   the time spent decoding DICOM, preprocessing and in the model (waiting for its batch included).
+   after a warm-up, per ``--preprocess`` mode (default ``auto``: NumPy on a CPU); then one client
+   alone, for the unloaded latency. Each response's ``Server-Timing`` header gives the time spent
+   decoding DICOM, preprocessing and in the model (waiting for its batch included).
 3. **raw** again: the two raw phases bracket the served ones; their mean is the reference.
-4. **preprocessing alone**: DALI CPU and the NumPy reference on the same decoded images,
-   alternating, in this process.
+4. **preprocessing alone**: NumPy (and DALI's CPU pipeline where installed) on the same decoded
+   images, alternating, in this process.
+
+``ct``: ``/v1/ct/segment`` on a ``--ct-shape`` phantom study (default 128 × 256 × 256, sent as a
+zip of DICOM slices) with a Models Genesis U-Net export at the paper's 64 × 64 × 32 cube, timed by
+the client (upload, decoding and answer included), against what a MONAI user runs on the same
+ONNX model: ``monai.inferers.sliding_window_inference`` with the manifest's roi, overlap and
+blend and the same windows per call, in this process before and after the served runs; the
+server's resident memory is sampled every 50 ms during each study (peak reported).
 
 Inputs (``--inputs``): ``real`` = pydicom-data's full-size chest CRs RG1_UNCR (1955 x 1841) and
 RG3_UNCR, alternating; ``phantom`` = synthetic 1024 x 1024 CRs (``imaging.phantoms``).
 The clients run on the same machine as the server, so they take some of its CPU.
 
-Targets (issue #9), printed as PASS/MISS: served >= 0.85 x raw throughput at 8 clients with zero
-errors; decode + preprocessing <= 10 % of request time. Writes ``<out>/results.json``. Not part of
-the test suite.
+Targets, printed as PASS/MISS: served >= 0.85 x raw throughput at 8 clients with zero errors;
+decode + preprocessing <= 10 % of request time; a served CT study no slower than MONAI's.
+Writes ``<out>/results.json``. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -177,16 +185,21 @@ def served(export_dir: Path, out: Path, inputs, mode: str, args) -> list[Phase]:
 
 
 def preprocess_alone(pp, images: list[np.ndarray], rounds: int) -> dict:
-    """Milliseconds per image: DALI CPU pipeline vs the NumPy reference, alternating."""
-    from serve.preprocess import DaliPreprocessor
-
-    dali = DaliPreprocessor(pp, max_batch=len(images), device="cpu")
+    """Milliseconds per image: the NumPy preprocessing, and DALI's CPU pipeline where DALI is
+    installed, alternating."""
 
     def numpy_ref(items):
         return np.stack([prepare_radiograph(x, pp)[0] for x in items])
 
-    fns = {"dali_cpu": dali, "numpy": numpy_ref}
-    diff = float(np.abs(dali(images) - numpy_ref(images)).max())
+    fns = {"numpy": numpy_ref}
+    diff = None
+    try:
+        from serve.preprocess import DaliPreprocessor
+
+        fns["dali_cpu"] = DaliPreprocessor(pp, max_batch=len(images), device="cpu")
+        diff = float(np.abs(fns["dali_cpu"](images) - numpy_ref(images)).max())
+    except ImportError:
+        pass
     times = {k: [] for k in fns}
     for r in range(rounds):
         for k in list(fns)[r % 2 :] + list(fns)[: r % 2]:
@@ -214,8 +227,9 @@ def bench_size(size: str, inputs, out: Path, args) -> dict:
     raw.append(measure_raw(export_dir, batch, args.raw_seconds))
     print(f"  raw runtime again: {raw[1]:.2f} img/s", flush=True)
     pre = preprocess_alone(pp, images, rounds=args.pre_rounds)
-    print(f"  preprocessing alone (ms/image): DALI CPU {pre['dali_cpu']:.2f}, "
-          f"NumPy {pre['numpy']:.2f} (max |diff| {pre['max_abs_diff']:.1e})")  # fmt: skip
+    dali = (f", DALI CPU {pre['dali_cpu']:.2f} (max |diff| {pre['max_abs_diff']:.1e})"
+            if "dali_cpu" in pre else ", DALI not installed")  # fmt: skip
+    print(f"  preprocessing alone (ms/image): NumPy {pre['numpy']:.2f}{dali}")
     raw_mean = statistics.fmean(raw)
     main = phases[0]
     verdict = {
@@ -232,6 +246,134 @@ def bench_size(size: str, inputs, out: Path, args) -> dict:
         "phases": [asdict(p) for p in phases],
         "preprocess_alone_ms": pre,
         **verdict,
+    }
+
+
+# -- CT segmentation: the served study against MONAI's sliding window on the same ONNX -------------
+
+
+def ct_study(shape: tuple[int, int, int]):
+    """A phantom CT of ``shape`` (D, H, W) → (volume, zip of its DICOM slices)."""
+    import io
+    import zipfile
+
+    from imaging.phantoms import make_chest_ct
+    from imaging.writers import ct_slice_datasets
+
+    ct = make_chest_ct(7, shape=shape, findings=("nodule",))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i, ds in enumerate(ct_slice_datasets(ct.volume)):
+            out = io.BytesIO()
+            ds.save_as(out, enforce_file_format=True)
+            zf.writestr(f"ct/{i:04d}.dcm", out.getvalue())
+    return ct.volume, buf.getvalue()
+
+
+def monai_seconds(export_dir: Path, volume) -> float:
+    """What a MONAI user runs: the same preprocessing, then ``sliding_window_inference`` with the
+    manifest's roi, overlap and blend, the server's windows per call, on the same ONNX Runtime
+    session settings (``export.runtime.load``, fp32)."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from export.segmentation import WINDOWS_PER_CALL, window_spec
+    from imaging.preprocess import prepare_volume
+
+    rt = load(export_dir)
+    out_name = rt.manifest.outputs[0].name
+
+    def predictor(windows: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(rt.predict(windows.numpy())[out_name])
+
+    start = time.perf_counter()
+    x = prepare_volume(volume, rt.manifest.preprocessing)
+    spec = window_spec(rt.manifest, x.shape[1:])
+    with torch.inference_mode():
+        probs = sliding_window_inference(
+            torch.from_numpy(x)[None], spec.roi, WINDOWS_PER_CALL, predictor,
+            overlap=spec.overlap, mode=spec.blend, cval=spec.pad_value,
+        )  # fmt: skip
+    masks = (probs[0] >= float(rt.manifest.inference.get("threshold", 0.5))).numpy()
+    assert masks.shape[1:] == x.shape[1:]
+    return time.perf_counter() - start
+
+
+def _served_study(srv, data: bytes, sample_s: float = 0.05) -> tuple[float, int, float]:
+    """One ``/v1/ct/segment`` request → (seconds, status, peak server RSS in MB while it ran)."""
+    import threading
+
+    from bench.soak import _rss_mb
+
+    peak, done = [_rss_mb(srv)], threading.Event()
+
+    def sample():
+        while not done.wait(sample_s):
+            peak.append(_rss_mb(srv))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    start = time.perf_counter()
+    files = [("files", ("study.zip", data, "application/zip"))]
+    r = httpx.post(srv.url + "/v1/ct/segment", files=files, timeout=1800)
+    seconds = time.perf_counter() - start
+    done.set()
+    thread.join()
+    if r.status_code != 200:
+        print(f"  served CT: {r.status_code} {r.text[:300]}", flush=True)
+    return seconds, r.status_code, max(peak)
+
+
+def bench_ct(out: Path, args) -> dict:
+    """Seconds per study: served (client-measured, upload and decoding included) vs MONAI's
+    sliding window in this process (bracketing the served runs), and the server's peak RSS."""
+    from bench.export import _genesis_specs
+    from bench.soak import _rss_mb
+
+    shape = tuple(args.ct_shape)
+    spec = next(s for s in _genesis_specs(tuple(args.ct_roi)) if s.model_name == "unet3d")
+    print(f"\n== CT segmentation: {spec.key}, study {shape} (D, H, W) ==", flush=True)
+    _, export_dir, _ = prepare(spec, ROOT / "bench" / "out" / "export")
+    volume, data = ct_study(shape)
+    from export.segmentation import window_spec
+
+    inf = load(export_dir).manifest.inference
+    win = window_spec(load(export_dir).manifest, tuple(reversed(shape)))
+    print(f"  roi {list(win.roi)}, overlap {win.overlap}, blend {win.blend}; "
+          f"upload {len(data) / 2**20:.1f} MB", flush=True)  # fmt: skip
+    monai = [monai_seconds(export_dir, volume)]
+    print(f"  MONAI sliding_window_inference: {monai[0]:.1f} s", flush=True)
+    models = out / "ct" / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    link = models / "ct_seg"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(export_dir.resolve(), target_is_directory=True)
+    env = {"ANATOMIX_MAX_UPLOAD_MB": "256", "ANATOMIX_CT_TIMEOUT_S": "1800"}
+    runs = []
+    with launch.start(models, out / "ct" / "server.log", env=env) as srv:
+        _, small = ct_study((16, 64, 64))
+        _served_study(srv, small)  # warm-up: sessions, decoder pool
+        idle = _rss_mb(srv)
+        for _ in range(args.ct_repeat):
+            seconds, status, peak = _served_study(srv, data)
+            runs.append({"seconds": seconds, "status": status, "peak_rss_mb": peak})
+            print(f"  served: {seconds:.1f} s (status {status}), server RSS peak {peak:.0f} MB "
+                  f"(idle {idle:.0f} MB)", flush=True)  # fmt: skip
+    monai.append(monai_seconds(export_dir, volume))
+    print(f"  MONAI again: {monai[1]:.1f} s", flush=True)
+    served_s = statistics.fmean(r["seconds"] for r in runs)
+    ratio = served_s / statistics.fmean(monai)
+    return {
+        "model": spec.key,
+        "study_dhw": list(shape),
+        "inference": inf,
+        "upload_mb": len(data) / 2**20,
+        "monai_s": monai,
+        "served": runs,
+        "idle_rss_mb": idle,
+        "served_over_monai": ratio,
+        "ct_ok": ratio <= 1.0 and all(r["status"] == 200 for r in runs),
     }
 
 
@@ -260,7 +402,10 @@ def table(results: list[dict]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", nargs="+", choices=("tiny", "paper"), default=["tiny", "paper"])
+    p.add_argument(
+        "--sizes", nargs="+", choices=("tiny", "paper", "ct"), default=["tiny", "paper", "ct"],
+        help="Ark tiny / paper classification, and CT segmentation against MONAI",
+    )  # fmt: skip
     p.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     p.add_argument("--seconds", type=float, default=30.0, help="measured seconds per phase")
     p.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds first")
@@ -268,9 +413,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pre-rounds", type=int, default=20, help="preprocessing-alone rounds")
     p.add_argument("--inputs", choices=("real", "phantom"), default="real")
     p.add_argument(
-        "--preprocess", nargs="+", choices=("dali", "numpy"), default=["dali", "numpy"],
-        help="server preprocessing modes to measure (first one is the target's)",
+        "--preprocess", nargs="+", choices=("auto", "dali", "numpy"), default=["auto"],
+        help="server preprocessing modes to measure (ANATOMIX_PREPROCESS; the first one is "
+        "the target's; auto = NumPy on a CPU)",
     )  # fmt: skip
+    p.add_argument(
+        "--ct-shape", type=int, nargs=3, default=[128, 256, 256], metavar=("D", "H", "W")
+    )
+    p.add_argument(
+        "--ct-roi",
+        type=int,
+        nargs=3,
+        default=[64, 64, 32],
+        metavar=("X", "Y", "Z"),
+        help="Models Genesis cube of the CT export (the paper's 64x64x32)",
+    )
+    p.add_argument("--ct-repeat", type=int, default=2, help="served CT studies (default 2)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "serve")
     return p
 
@@ -281,16 +439,25 @@ def main(argv: list[str] | None = None) -> int:
     inputs = real_inputs() if args.inputs == "real" else phantom_inputs()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load {_loadavg():.2f}; "
           f"inputs: {args.inputs} ({', '.join(n for n, _ in inputs)})", flush=True)  # fmt: skip
-    results = [bench_size(size, inputs, args.out, args) for size in args.sizes]
+    results = [bench_size(size, inputs, args.out, args) for size in args.sizes if size != "ct"]
+    ct = bench_ct(args.out, args) if "ct" in args.sizes else None
     print("\n" + table(results) + "\n")
     for r in results:
         print(f"{r['model']}: served/raw {r['served_over_raw']:.2f} "
               f"({'PASS' if r['served_ok'] else 'MISS'} >= {SERVED_TARGET} with 0 errors); "
               f"decode+preprocess {100 * r['phases'][0]['decode_preprocess_share']:.1f} % "
               f"({'PASS' if r['share_ok'] else 'MISS'} <= {100 * SHARE_TARGET:.0f} %)")  # fmt: skip
+    if ct is not None:
+        runs = ", ".join(f"{r['seconds']:.1f}" for r in ct["served"])
+        peak = max(r["peak_rss_mb"] for r in ct["served"])
+        print(f"CT {ct['study_dhw']}: served {runs} s vs MONAI "
+              f"{' / '.join(f'{s:.1f}' for s in ct['monai_s'])} s: ratio "
+              f"{ct['served_over_monai']:.2f} ({'PASS' if ct['ct_ok'] else 'MISS'} <= 1.00); "
+              f"server RSS peak {peak:.0f} MB, idle {ct['idle_rss_mb']:.0f} MB")  # fmt: skip
     meta = {"argv": sys.argv, "inputs": args.inputs, "cores": os.cpu_count(),
             "load_end": _loadavg()}  # fmt: skip
-    (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    body = {"meta": meta, "results": results, "ct": ct}
+    (args.out / "results.json").write_text(json.dumps(body, indent=1))
     print(f"wrote {args.out / 'results.json'}")
     return 0
 

@@ -2,21 +2,20 @@
 
 ONNX and TensorRT see a graph with a single input named ``image`` and named outputs whose
 meaning is written into the manifest; the training-time models keep their richer Python APIs.
-The Models Genesis batch-statistics normalisation is replaced here (see :func:`fix_batch_norm`).
+The Models Genesis batch-statistics normalisation is made batch independent here
+(:func:`models.unet3d.batch_independent`).
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.ark import ArkModel
 from models.peac import PEACModel
-from models.unet3d import ContBatchNorm3d, GenesisClassifier, UNet3D
+from models.unet3d import GenesisClassifier, UNet3D, batch_independent
 
 #: Tasks each registered model can be exported for (the first is the default).
 TASKS: dict[str, tuple[str, ...]] = {
@@ -26,59 +25,6 @@ TASKS: dict[str, tuple[str, ...]] = {
     "peac": ("correspond", "embed"),
 }
 FAMILIES = {"unet3d": "genesis", "genesis_classifier": "genesis", "ark": "ark", "peac": "peac"}
-#: How a batch-statistics (released Models Genesis) normaliser is made batch independent.
-BATCH_NORM_MODES = ("per_sample", "running")
-
-
-class SampleNorm3d(nn.Module):
-    """Per-sample, per-channel normalisation over (H, W, D) with the affine of a batch norm.
-
-    Equals :class:`~models.unet3d.ContBatchNorm3d` applied to a batch of one sample, whatever the
-    real batch holds: the answer a study gets when it is run alone.
-    """
-
-    def __init__(self, source: nn.modules.batchnorm._BatchNorm):
-        super().__init__()
-        self.weight = nn.Parameter(source.weight.detach().clone(), requires_grad=False)
-        self.bias = nn.Parameter(source.bias.detach().clone(), requires_grad=False)
-        self.eps = float(source.eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
-
-
-def _running_norm(source: nn.modules.batchnorm._BatchNorm) -> nn.BatchNorm3d:
-    bn = nn.BatchNorm3d(source.num_features, eps=source.eps, momentum=source.momentum)
-    bn.load_state_dict(source.state_dict())
-    return bn.eval()
-
-
-def fix_batch_norm(model: nn.Module, mode: str) -> tuple[nn.Module, int]:
-    """A copy of ``model`` whose batch-statistics norms no longer look at the rest of the batch.
-
-    Models Genesis (as released) normalises with the statistics of the whole batch even at test
-    time, so a study's prediction would change with whatever shares its batch in a server.
-
-    Args:
-        model: any module; only :class:`ContBatchNorm3d` layers are replaced.
-        mode: ``"per_sample"`` (statistics of each sample alone — what the PyTorch model gives
-            at batch size 1, closest to how it was trained) or ``"running"`` (the running mean
-            and variance tracked during training: ordinary eval-mode batch norm).
-
-    Returns:
-        ``(copy, n_replaced)``.
-    """
-    if mode not in BATCH_NORM_MODES:
-        raise ValueError(f"batch_norm must be one of {BATCH_NORM_MODES}, got {mode!r}")
-    model = copy.deepcopy(model)
-    replaced = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, ContBatchNorm3d):
-                new = SampleNorm3d(child) if mode == "per_sample" else _running_norm(child)
-                setattr(parent, name, new)
-                replaced += 1
-    return model.eval(), replaced
 
 
 @dataclass
@@ -192,7 +138,7 @@ def build_graph(
         card: the inference card recorded at training (labels per head, head activations,
             roi size); missing entries get generic defaults.
         head: Ark only: export this head alone (by name); default every head.
-        batch_norm: Genesis only: :data:`BATCH_NORM_MODES`.
+        batch_norm: Genesis only: :data:`models.unet3d.BATCH_NORM_MODES`.
         roi_size: Genesis only: the example (and TensorRT opt) spatial size ``(X, Y, Z)``.
 
     Returns:
@@ -215,7 +161,7 @@ def build_graph(
 
 
 def _genesis_graph(model, model_name, task, card, batch_norm, roi_size) -> ExportGraph:
-    fixed, replaced = fix_batch_norm(model, batch_norm)
+    fixed, replaced = batch_independent(model, batch_norm)
     roi = tuple(int(s) for s in (roi_size or card.get("roi_size") or (64, 64, 32)))
     example = (2, model.in_channels, *roi)
     notes = {"batch_norm": batch_norm if replaced else "running (model trained with it)"}

@@ -23,6 +23,7 @@ import torch
 
 from imaging.distribution import phantom_statistics
 from imaging.preprocess import Preprocessing, prepare_radiograph, prepare_volume
+from imaging.sliding import WindowSpec
 
 from .adapters import FAMILIES, ExportGraph, build_graph
 from .manifest import (
@@ -63,7 +64,7 @@ class ExportOptions:
     max_batch: int = 16
     opset: int = DEFAULT_OPSET
     head: str | None = None
-    batch_norm: str = "per_sample"
+    batch_norm: str | None = None  # default: the training card's, else "per_sample"
     roi_size: tuple[int, int, int] | None = None
     quantization: str | None = None  # "dynamic" | "static"; default by family
     calibration_samples: int = 16
@@ -226,7 +227,7 @@ def build_export(
         task=opts.task,
         card=source.card,
         head=opts.head,
-        batch_norm=opts.batch_norm,
+        batch_norm=opts.batch_norm or source.card.get("batch_norm") or "per_sample",
         roi_size=opts.roi_size,
     )
     log(f"[export] {source.model_name} → {graph.task}: exporting ONNX (opset {opts.opset})")
@@ -329,7 +330,7 @@ def build_export(
         source=source.describe(),
         exporter=_versions(opts.opset) | {"simplified": info["simplified"]},
         parity=parity,
-        inference=_inference(source.card, graph),
+        inference=_inference(source.card, graph, source.config),
         quantization=quant,
         config=source.config,
         input_statistics=phantom_statistics() if pre.kind == "radiograph" else None,
@@ -347,11 +348,20 @@ def _matmul_heavy(source: ModelSource) -> bool:
     return any(k in name for k in ("vit", "swin", "deit", "beit"))
 
 
-def _inference(card: dict, graph: ExportGraph) -> dict:
-    out = {k: card[k] for k in ("roi_size", "threshold", "overlap") if k in card}
-    if graph.dynamic_spatial or "roi_size" in out:
-        out.setdefault("roi_size", list(graph.example_shape[2:]))
-        out.setdefault("overlap", 0.5)
+def _inference(card: dict, graph: ExportGraph, config: dict | None) -> dict:
+    """The manifest's ``inference`` section: threshold and, for volumes, the sliding window
+    (:class:`imaging.sliding.WindowSpec`) as the run evaluated it — from the card, else from the
+    run's ``eval`` config (runs whose card predates these keys), else the defaults."""
+    out = {k: card[k] for k in ("threshold",) if k in card}
+    if graph.dynamic_spatial or "roi_size" in card:
+        ev = (config or {}).get("eval") or {}
+        spec = WindowSpec(
+            tuple(card.get("roi_size") or graph.example_shape[2:]),
+            float(card.get("overlap", ev.get("overlap", 0.5))),
+            str(card.get("blend", ev.get("blend", "gaussian"))),
+            float(card.get("pad_value", 0.0)),
+        )
+        out |= spec.to_inference()
     return out | {k: v for k, v in graph.notes.items()}
 
 

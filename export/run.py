@@ -15,7 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .adapters import BATCH_NORM_MODES
+from models.unet3d import BATCH_NORM_MODES
+
 from .bundle import FORMATS, PRECISIONS, ExportOptions, build_export
 from .manifest import ManifestError
 from .onnx import DEFAULT_OPSET, MIN_OPSET, ExportError
@@ -82,10 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", help="Ark: export this head only (default: every head)")
     p.add_argument(
         "--batch-norm",
-        default="per_sample",
+        default=None,
         choices=BATCH_NORM_MODES,
         help="Models Genesis: how batch-statistics normalisation becomes batch "
-        "independent (default per_sample; see README)",
+        "independent (default: as the run evaluated, else per_sample; see README)",
     )
     p.add_argument(
         "--roi",

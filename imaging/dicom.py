@@ -228,7 +228,9 @@ def decode_dataset(
     tsyntax = _ensure_transfer_syntax(ds)
     if tsyntax.is_encapsulated and "PixelData" in ds:
         _check_fragments(ds, geom["frames"])
-    arr = _decode_pixels(ds, tsyntax)
+    arr = _native_pixels(ds, tsyntax, geom)
+    if arr is None:
+        arr = _decode_pixels(ds, tsyntax)
 
     window_center, window_width, voi_function = _window(ds)
     voi_lut, mirror = None, None
@@ -374,6 +376,41 @@ def _decoder(tsyntax: UID):
         return pydicom.pixels.get_decoder(tsyntax)
     except (NotImplementedError, ValueError):
         return None
+
+
+def _native_pixels(ds: Dataset, tsyntax: UID, geom: dict) -> np.ndarray | None:
+    """Uncompressed little-endian grayscale pixels as a read-only view of the file's bytes, the
+    values pydicom's ``pixel_array`` gives; None where pydicom must decode.
+
+    ``pixel_array`` copies the data and shifts every sample left and right to clear unused
+    high bits (3 passes over a 7 MB film); here one min/max pass shows whether any high bit is
+    set (almost never: then pydicom decodes, with its correction) and the caller's float32
+    conversion is the only copy.
+    """
+    bits, stored = geom["bits_allocated"], geom["bits_stored"]
+    if (
+        tsyntax.is_encapsulated
+        or not tsyntax.is_little_endian
+        or geom["samples"] != 1
+        or bits not in (8, 16, 32)
+        or not 1 <= stored <= bits
+        or geom["photometric"] not in px.GRAY_PHOTOMETRICS
+    ):
+        return None
+    data = ds.get("PixelData")
+    if not isinstance(data, (bytes, bytearray)):
+        return None
+    frames, rows, cols = geom["frames"], geom["rows"], geom["columns"]
+    count = frames * rows * cols
+    if len(data) < count * bits // 8:
+        return None  # truncated: pydicom reports it
+    signed = geom["signed"]
+    arr = np.frombuffer(data, dtype=f"<{'i' if signed else 'u'}{bits // 8}", count=count)
+    if stored < bits:
+        top = (1 << (stored - 1)) - 1 if signed else (1 << stored) - 1
+        if int(arr.max()) > top or (signed and int(arr.min()) < -top - 1):
+            return None  # unused high bits set: pydicom's shift correction applies
+    return arr.reshape((frames, rows, cols) if frames > 1 else (rows, cols))
 
 
 def _decode_pixels(ds: Dataset, tsyntax: UID) -> np.ndarray:

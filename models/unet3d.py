@@ -22,6 +22,7 @@ be multiples of 8.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -73,6 +74,61 @@ class ContBatchNorm3d(nn.modules.batchnorm._BatchNorm):
             factor,
             self.eps,
         )
+
+
+#: How a batch-statistics (released Models Genesis) normaliser is made batch independent.
+BATCH_NORM_MODES = ("per_sample", "running")
+
+
+class SampleNorm3d(nn.Module):
+    """Per-sample, per-channel normalisation over (H, W, D) with the affine of a batch norm.
+
+    Equals :class:`~models.unet3d.ContBatchNorm3d` applied to a batch of one sample, whatever the
+    real batch holds: the answer a study gets when it is run alone.
+    """
+
+    def __init__(self, source: nn.modules.batchnorm._BatchNorm):
+        super().__init__()
+        self.weight = nn.Parameter(source.weight.detach().clone(), requires_grad=False)
+        self.bias = nn.Parameter(source.bias.detach().clone(), requires_grad=False)
+        self.eps = float(source.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+
+
+def _running_norm(source: nn.modules.batchnorm._BatchNorm) -> nn.BatchNorm3d:
+    bn = nn.BatchNorm3d(source.num_features, eps=source.eps, momentum=source.momentum)
+    bn.load_state_dict(source.state_dict())
+    return bn.eval()
+
+
+def batch_independent(model: nn.Module, mode: str) -> tuple[nn.Module, int]:
+    """A copy of ``model`` whose batch-statistics norms no longer look at the rest of the batch.
+
+    Models Genesis (as released) normalises with the statistics of the whole batch even at test
+    time, so a study's prediction would change with whatever shares its batch in a server.
+
+    Args:
+        model: any module; only :class:`ContBatchNorm3d` layers are replaced.
+        mode: ``"per_sample"`` (statistics of each sample alone — what the PyTorch model gives
+            at batch size 1, closest to how it was trained) or ``"running"`` (the running mean
+            and variance tracked during training: ordinary eval-mode batch norm).
+
+    Returns:
+        ``(copy, n_replaced)``.
+    """
+    if mode not in BATCH_NORM_MODES:
+        raise ValueError(f"batch_norm must be one of {BATCH_NORM_MODES}, got {mode!r}")
+    model = copy.deepcopy(model)
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, ContBatchNorm3d):
+                new = SampleNorm3d(child) if mode == "per_sample" else _running_norm(child)
+                setattr(parent, name, new)
+                replaced += 1
+    return model.eval(), replaced
 
 
 def _norm_layer(norm: str, channels: int) -> nn.Module:

@@ -25,7 +25,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from imaging.preprocess import crop_geometry, prepare_radiograph, prepare_volume, radiograph_to_unit
+from export.segmentation import segment_volume
+from imaging.preprocess import crop_geometry, prepare_radiograph
 
 from .errors import Cancelled, RequestError
 from .forms import FormSpec, read_form
@@ -33,7 +34,6 @@ from .guard import radiograph_warnings, refuse, volume_warnings
 from .lanes import Lane
 from .privacy import checked_modality, checked_uid
 from .registry import MODALITIES, LoadedModel
-from .sliding import sliding_window
 from .timing import StageTimer
 
 log = logging.getLogger("anatomix.serve")
@@ -198,42 +198,56 @@ def _decode(st: State, role: str, lane: str, form, budget: Budget, timer: StageT
     any_modality = _flag(form, "allow_any_modality")
     if not form.files:
         raise RequestError(400, "no_files", "the request carries no file")
-    pool, extra = st.decoders[lane], {"headers": True} if headers else {}
-    decode = pool.images if lane == "cxr" else pool.series
+    pool, files = st.decoders[lane], _files(form)
     with timer.stage("decode"):
-        decoded = decode(_files(form), timeout=budget.left(), cancelled=budget.cancelled, **extra)
+        if lane == "cxr":  # prepared for the model in the decoding process (NumPy mode)
+            pre = m.manifest.preprocessing.to_dict() if _numpy_mode() else None
+            decoded, prepare_ms = pool.radiographs(
+                files, pre, timeout=budget.left(), cancelled=budget.cancelled
+            )
+        else:
+            decoded, prepare_ms = (
+                pool.series(
+                    files, timeout=budget.left(), cancelled=budget.cancelled, headers=headers
+                ),
+                0.0,
+            )
+    timer.move("decode", "preprocess", prepare_ms)
     budget.check()
     return m, any_modality, decoded
 
 
 def _radiographs(st: State, role: str, form, budget: Budget, timer: StageTimer, pair=False):
-    """Decode, check, preprocess and run radiographs → ``(model, images, ids, outputs)``; each
-    ``ids`` entry holds the image's UIDs and its input guard ``warnings``."""
-    m, any_modality, images = _decode(st, role, "cxr", form, budget, timer)
-    if pair and len(images) != 2:
+    """Decode, check, preprocess and run radiographs → ``(model, items, ids, outputs)``: items
+    as :meth:`serve.decoder.DecoderPool.radiographs` gives them; each ``ids`` entry holds the
+    image's UIDs and its input guard ``warnings``."""
+    m, any_modality, items = _decode(st, role, "cxr", form, budget, timer)
+    if pair and len(items) != 2:
         raise RequestError(400, "need_two_images", "send exactly two radiographs")
-    for name, img in images:
+    for name, img, _, _ in items:
         _check_modality(img.modality, MODALITIES["radiograph"], name, any_modality)
-    ids = [_uid_fields(img, name) for name, img in images]
-    with timer.stage("preprocess"):
-        units = [radiograph_to_unit(img) for _, img in images]
-        allowed = MODALITIES["radiograph"]
-        for i, (name, img) in enumerate(images):
-            ids[i]["warnings"] = radiograph_warnings(img, units[i], m.manifest, name, allowed)
-            refuse(ids[i]["warnings"], st.refuse)
+    ids = [_uid_fields(img, name) for name, img, _, _ in items]
+    allowed = MODALITIES["radiograph"]
+    for i, (name, img, feats, hw) in enumerate(items):
+        ids[i]["warnings"] = radiograph_warnings(img, feats, hw, m.manifest, name, allowed)
+        refuse(ids[i]["warnings"], st.refuse)
+    pixels = [img.pixels for _, img, _, _ in items]
     with st.gate.urgent():
-        with timer.stage("preprocess"):
-            x = preprocessor(m)(units)
+        if pixels[0].ndim == 3:  # model inputs already
+            x = np.stack(pixels)
+        else:  # [0, 1] images for the GPU pipeline
+            with timer.stage("preprocess"):
+                x = preprocessor(m)(pixels)
         budget.check()
         with timer.stage("infer"):
             out = m.predict(x)
-    return m, images, ids, out
+    return m, items, ids, out
 
 
 def classify_work(st: State, form, budget: Budget, timer: StageTimer):
-    m, images, ids, out = _radiographs(st, "cxr_classify", form, budget, timer)
+    m, items, ids, out = _radiographs(st, "cxr_classify", form, budget, timer)
     results = []
-    for i, (name, _) in enumerate(images):
+    for i, (name, *_) in enumerate(items):
         findings = {}
         for o in m.manifest.outputs:
             if o.meaning == "probabilities":
@@ -248,11 +262,11 @@ def classify_work(st: State, form, budget: Budget, timer: StageTimer):
 
 
 def embed_work(st: State, form, budget: Budget, timer: StageTimer):
-    m, images, ids, out = _radiographs(st, "embed", form, budget, timer)
+    m, items, ids, out = _radiographs(st, "embed", form, budget, timer)
     emb = out["embedding"]
     results = [
         {"file": name, **ids[i], "embedding": [float(v) for v in emb[i]]}
-        for i, (name, _) in enumerate(images)
+        for i, (name, *_) in enumerate(items)
     ]
     return {"model": m.id, "dim": int(emb.shape[1]), "results": results}, "application/json"
 
@@ -283,10 +297,10 @@ def parse_points(text: str | None) -> np.ndarray | None:
 
 def correspond_work(st: State, form, budget: Budget, timer: StageTimer):
     query = parse_points(form.fields.get("points"))
-    m, images, ids, out = _radiographs(st, "correspond", form, budget, timer, pair=True)
+    m, items, ids, out = _radiographs(st, "correspond", form, budget, timer, pair=True)
     tokens = out["tokens"]  # 2, g, g, C
     pre = m.manifest.preprocessing
-    geo = [crop_geometry(img.pixels.shape[-2:], pre) for _, img in images]
+    geo = [crop_geometry(hw, pre) for _, _, _, hw in items]
     g = tokens.shape[1]
     cell = geo[0].size / g
     if query is None:
@@ -314,7 +328,7 @@ def correspond_work(st: State, form, budget: Budget, timer: StageTimer):
     body = {
         "model": m.id,
         "grid": int(g),
-        "images": [{"file": name, **ids[i]} for i, (name, _) in enumerate(images)],
+        "images": [{"file": item[0], **ids[i]} for i, item in enumerate(items)],
         "matches": matches,
     }
     return body, "application/json"
@@ -335,30 +349,15 @@ def segment_series(st: State, form, budget: Budget, timer: StageTimer, headers: 
         warnings.insert(0, {"code": "unexpected_modality", "detail": "the series is not a CT; "
                             "it was run on request", "file": None})  # fmt: skip
     refuse(warnings, st.refuse)
-    pre = m.manifest.preprocessing
-    with timer.stage("preprocess"):
-        x = prepare_volume(volume, pre)  # (1, X, Y, Z)
-    inf = m.manifest.inference
-    out_name = m.manifest.outputs[0].name
 
     def predict(batch):
         st.gate.yield_to_urgent()  # radiograph requests go first
         budget.check()
-        return m.predict(batch)[out_name]
+        return m.predict(batch)
 
-    with timer.stage("infer"):
-        probs = sliding_window(
-            x, inf.get("roi_size", x.shape[1:]), predict,
-            overlap=float(inf.get("overlap", 0.5)), batch=SEGMENT_BATCH,
-        )  # fmt: skip
-    threshold = float(inf.get("threshold", 0.5))
-    labels = m.manifest.outputs[0].labels or [f"class_{k}" for k in range(len(probs))]
-    masks = (probs >= threshold).transpose(0, 3, 2, 1)  # (L, X, Y, Z) → (L, D, H, W)
+    masks, threshold = segment_volume(volume, m.manifest, predict, stage=timer.stage)
+    labels = m.manifest.outputs[0].labels or [f"class_{k}" for k in range(len(masks))]
     return m, volume, masks, labels, threshold, heads, warnings
-
-
-#: windows per model call in segmentation: small, so radiograph requests wait at most one call
-SEGMENT_BATCH = 2
 
 
 def segment_work(st: State, form, budget: Budget, timer: StageTimer):
@@ -447,6 +446,11 @@ def preprocessor(model: LoadedModel):
         if model.id not in _preprocessors:
             _preprocessors[model.id] = _build_preprocessor(model)
         return _preprocessors[model.id]
+
+
+def _numpy_mode() -> bool:
+    """Radiographs are preprocessed with NumPy (in the decoding processes), not DALI."""
+    return preprocess_mode(STATE.preprocess if STATE else "auto") == "numpy"
 
 
 def preprocess_mode(mode: str = "auto") -> str:

@@ -134,7 +134,12 @@ def _job(fd: int, request: dict) -> dict | None:
     """Run one request and send its answer; returns an error header instead of sending it."""
     import numpy as np
 
-    from serve.inputs import decode_files, decode_series_files, series_headers
+    from serve.inputs import (
+        decode_files,
+        decode_radiographs,
+        decode_series_files,
+        series_headers,
+    )
     from serve.limits import Limits
 
     op = request.get("op")
@@ -146,6 +151,16 @@ def _job(fd: int, request: dict) -> dict | None:
         for i, (name, image) in enumerate(images):
             header["images"].append({"name": name, "array": i, **_image_fields(image)})
         send(fd, header, [image.pixels for _, image in images])
+    elif op == "radiographs":
+        pre = request.get("preprocessing")
+        timing: dict = {}
+        items = decode_radiographs(files, limits, pre if isinstance(pre, dict) else None, timing)
+        header = {"ok": True, "rss": _max_rss(), "radiographs": [],
+                  "prepare_ms": timing.get("prepare_ms", 0.0)}  # fmt: skip
+        for i, (name, image, feats, hw) in enumerate(items):
+            header["radiographs"].append({"name": name, "array": i, "features": feats,
+                                          "hw": list(hw), **_image_fields(image)})  # fmt: skip
+        send(fd, header, [image.pixels for _, image, _, _ in items])
     elif op == "series":
         volume = decode_series_files(files, limits)
         header = {"ok": True, "rss": _max_rss(), "volume": _volume_fields(volume)}

@@ -162,6 +162,35 @@ class DecoderPool:
         except (TypeError, ValueError, KeyError, IndexError):
             raise _undecodable() from None
 
+    def radiographs(
+        self,
+        files: list[tuple[str, str | Path]],
+        preprocessing: dict | None,
+        *,
+        timeout: float | None = None,
+        cancelled: threading.Event | None = None,
+    ) -> tuple[list[tuple[str, Image, dict, tuple[int, int]]], float]:
+        """Decode radiographs and prepare them for one model in the process
+        (:func:`serve.inputs.decode_radiographs`) → ``([(name, image, guard features, (H, W))],
+        milliseconds the process spent preparing)``; ``image.pixels`` is the model input
+        ``(C, S, S)`` given ``preprocessing``, else the ``(H, W)`` [0, 1] image. Raises as
+        :meth:`images`."""
+        header, arrays = self._run(
+            "radiographs", files, timeout=timeout, cancelled=cancelled, preprocessing=preprocessing
+        )
+        ndim = 2 if preprocessing is None else 3
+        try:
+            out = []
+            for item in self._field(header, "radiographs", list):
+                name, image = self._image(item, arrays)
+                if image.pixels.ndim != ndim or image.pixels.dtype != np.float32:
+                    raise ValueError("pixels")
+                out.append((name, image, _features(item["features"]), _hw(item["hw"])))
+            prepare_ms = _number(header.get("prepare_ms", 0.0))
+            return out, min(max(prepare_ms or 0.0, 0.0), 1e7)
+        except (TypeError, ValueError, KeyError, IndexError):
+            raise _undecodable() from None
+
     def series(
         self,
         files: list[tuple[str, str | Path]],
@@ -543,6 +572,23 @@ def _pair(value, n: int) -> tuple | None:
     if not isinstance(value, list) or len(value) != n:
         raise ValueError("spacing")
     return tuple(float(_number(v)) for v in value)
+
+
+def _features(value) -> dict[str, float]:
+    if not isinstance(value, dict) or len(value) > 16:
+        raise ValueError("features")
+    out = {_text(k): _number(v) for k, v in value.items()}
+    if any(v is None or not math.isfinite(v) for v in out.values()):
+        raise ValueError("features")
+    return out
+
+
+def _hw(value) -> tuple[int, int]:
+    if not (isinstance(value, list) and len(value) == 2):
+        raise ValueError("hw")
+    if not all(type(v) is int and 0 < v < 1 << 20 for v in value):
+        raise ValueError("hw")
+    return value[0], value[1]
 
 
 def _dict(value) -> dict:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from imaging.distribution import unit_features
 from imaging.image import Image, Volume
 
 CODES = (
@@ -66,16 +65,21 @@ def _warning(code: str, detail: str, file: str | None) -> dict:
 
 
 def radiograph_warnings(
-    img: Image, unit: np.ndarray, manifest, name: str, allowed: tuple[str, ...] = ()
+    img: Image,
+    feats: dict,
+    hw: tuple[int, int],
+    manifest,
+    name: str,
+    allowed: tuple[str, ...] = (),
 ) -> list[dict]:
-    """Warnings for one decoded radiograph ``img`` (``unit``: its ``[0, 1]`` image) sent to the
-    model of ``manifest``; ``allowed``: the modalities the endpoint takes."""
+    """Warnings for one decoded radiograph ``img`` sent to the model of ``manifest``: ``feats``
+    are :func:`imaging.distribution.unit_features` of its ``[0, 1]`` image, ``hw`` that image's
+    size; ``allowed``: the modalities the endpoint takes."""
     out = []
     modality = (img.modality or "").strip().upper()
     if allowed and modality not in allowed:
         out.append(_warning("unexpected_modality", "the image's modality is not a radiograph's "
                             f"({', '.join(allowed)}); it was run on request", name))  # fmt: skip
-    feats = unit_features(unit)
     view = str(img.meta.get("view_position", "") or "")
     contrast = feats["centre_contrast"]
     if view in LATERAL_VIEWS:
@@ -91,7 +95,7 @@ def radiograph_warnings(
             out.append(_warning("unknown_view", detail + f"contrast {contrast:.3f})", name))
     out += _distribution(feats, getattr(manifest, "input_statistics", None), name)
     side = manifest.preprocessing.crop or manifest.preprocessing.resize
-    h, w = unit.shape[-2:]
+    h, w = hw
     if side and min(h, w) < side / 2:
         out.append(_warning("small_input", f"the image is {h}x{w} pixels; the model reads "
                             f"{side}x{side} (at least {side // 2} on the shorter side "

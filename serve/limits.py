@@ -18,6 +18,22 @@ class ConfigError(ValueError):
     """A malformed ``ANATOMIX_*`` setting; the server refuses to start and says which."""
 
 
+def env_number(env, name: str, *, positive: bool) -> float | None:
+    """The finite number in ``env[name]`` (None if unset); :class:`ConfigError` naming the
+    variable if it is not a number, or not positive (``positive``) / negative."""
+    raw = env.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not (0 < value if positive else 0 <= value) or not value < float("inf"):
+        kind = "positive" if positive else "non-negative"
+        raise ConfigError(f"{name} must be a {kind} number, got {raw!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Limits:
     """Per-request limits (``ANATOMIX_*`` override in brackets, in the unit it names)."""
@@ -77,15 +93,9 @@ class Limits:
             if f.name not in scale:
                 continue
             var, unit = scale[f.name]
-            raw = env.get(var)
-            if raw is None:
+            number = env_number(env, var, positive=True)
+            if number is None:
                 continue
-            try:
-                number = float(raw.strip())
-            except ValueError:
-                raise ConfigError(f"{var} must be a number, got {raw!r}") from None
-            if not number > 0 or number != number or number == float("inf"):
-                raise ConfigError(f"{var} must be a positive number, got {raw!r}")
             values[f.name] = number * unit if f.type == "float" else int(number * unit)
         limits = cls(**values)
         parts = max(limits.max_parts, limits.max_files + 8)  # the files and a few text fields

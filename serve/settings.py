@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .auth import ApiKeys
 from .lanes import LaneConfig
-from .limits import ConfigError, Limits
+from .limits import ConfigError, Limits, env_number
 
 log = logging.getLogger("anatomix.serve")
 
@@ -128,16 +128,8 @@ class _Reader:
         return value
 
     def number(self, name: str, default: float) -> float:
-        raw = self.env.get(name)
-        if raw is None:
-            return default
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-        if not 0 <= value < float("inf"):
-            raise ConfigError(f"{name} must be a non-negative number, got {raw!r}")
-        return value
+        value = env_number(self.env, name, positive=False)
+        return default if value is None else value
 
     def choice(self, name: str, default, allowed: tuple[str, ...], upper: bool = False):
         raw = self.env.get(name)

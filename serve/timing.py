@@ -29,6 +29,13 @@ class StageTimer:
         finally:
             self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - start) * 1000.0
 
+    def move(self, source: str, target: str, ms: float) -> None:
+        """Book ``ms`` of stage ``source`` under ``target`` (work a decoding process did)."""
+        ms = min(ms, self.ms.get(source, 0.0))
+        if ms > 0:
+            self.ms[source] -= ms
+            self.ms[target] = self.ms.get(target, 0.0) + ms
+
     def header(self) -> str:
         """``decode;dur=1.2, preprocess;dur=0.4, infer;dur=9.8`` (RFC: W3C Server Timing)."""
         return ", ".join(f"{k};dur={v:.2f}" for k, v in self.ms.items())

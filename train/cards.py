@@ -29,11 +29,25 @@ def card(
     return out | extra
 
 
-def genesis_card(task: str, cube_size, *, labels=None, threshold: float | None = None) -> dict:
-    """Models Genesis: HU clip [-1000, 1000] → [0, 1], cubes ``(X, Y, Z)`` of ``cube_size``."""
+def genesis_card(
+    task: str,
+    cube_size,
+    *,
+    labels=None,
+    threshold: float | None = None,
+    overlap: float | None = None,
+    blend: str | None = None,
+    batch_norm: str | None = None,
+) -> dict:
+    """Models Genesis: HU clip [-1000, 1000] → [0, 1], cubes ``(X, Y, Z)`` of ``cube_size``;
+    segmentation also records how evaluation stitched whole volumes (sliding-window overlap and
+    blend, :mod:`imaging.sliding`) and normalised them (``batch_norm``), so an export serves
+    volumes exactly as ``evaluate`` scored them."""
     extra = {"roi_size": [int(s) for s in cube_size]}
-    if threshold is not None:
-        extra["threshold"] = float(threshold)
+    optional = {"threshold": threshold, "overlap": overlap, "blend": blend}
+    extra |= {k: v for k, v in optional.items() if v is not None}
+    if batch_norm is not None:
+        extra["batch_norm"] = batch_norm
     return card(task, genesis_ct(), labels=labels, **extra)
 
 

@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="score a fine-tuned run",
         description="Score a run's best weights on a split (fine-tuned 3D tasks: Dice/AUROC; "
-        "Ark: per-dataset, per-class AUROC of the teacher).",
+        "Ark: per-dataset, per-class AUROC of the teacher). To score an exported model exactly "
+        "as the server runs it: python -m export.evaluate EXPORT_DIR.",
     )
     ev.add_argument("--run-dir", type=Path, required=True)
     ev.add_argument("--split", choices=["train", "val", "test"], default="test")

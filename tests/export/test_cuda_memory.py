@@ -4,16 +4,14 @@ saying why, without one or without ``cuda-bindings``)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from export import cuda_memory
 from export.tensorrt import from_bf16_bits, to_bf16_bits
+
+from ..fresh import run_fresh
 
 
 def test_bf16_bits_match_torch():
@@ -40,8 +38,7 @@ def test_without_the_bindings_the_error_names_the_package():
         "ok, reason = t.tensorrt_available()\n"
         "assert not ok and 'cuda-bindings' in reason, reason\n"
     )
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    done = run_fresh(code)
     assert done.returncode == 0, done.stderr
 
 

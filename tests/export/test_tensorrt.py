@@ -6,9 +6,6 @@ machine without either, and the fp16 ONNX conversion that TensorRT 11 relies on.
 """
 
 import importlib.util
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +19,8 @@ from export.tensorrt import (
     tensorrt_available,
     verify_engine,
 )
+
+from ..fresh import run_fresh
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -102,8 +101,7 @@ def test_module_imports_without_tensorrt():
         "ok, reason = m.tensorrt_available()\n"
         "assert not ok and '`tensorrt`' in reason, reason\n"
     )
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    done = run_fresh(code)
     assert done.returncode == 0, done.stderr
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -32,6 +30,8 @@ from models.peac import preprocess as peac_preprocess
 from train.ark.data import eval_resize
 from train.data.cubes import normalize_hu
 from train.views2d import normalize, resize_center_crop
+
+from ..fresh import run_fresh
 
 ATOL = 1e-5
 
@@ -266,4 +266,5 @@ def test_constructor_validates_and_normalises():
 
 def test_module_does_not_import_torch():
     code = "import sys, imaging.preprocess; sys.exit('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+    done = run_fresh(code)
+    assert done.returncode == 0, done.stderr

@@ -93,6 +93,23 @@ def test_real_files_decode_like_read_image(pool, name):
         np.testing.assert_array_equal(image.pixels, (1 << ds.BitsStored) - 1 - ds.pixel_array)
 
 
+@pytest.mark.parametrize("prepared", [True, False])
+def test_radiographs_are_prepared_in_the_process_like_in_process(pool, prepared):
+    from imaging.distribution import unit_features
+    from imaging.preprocess import ark_cxr, prepare_radiograph, radiograph_to_unit
+
+    pp = ark_cxr(64)
+    unit = radiograph_to_unit(read_image(RG))
+    (items, ms) = pool.radiographs([("cr.dcm", RG)], pp.to_dict() if prepared else None)
+    [(name, image, feats, hw)] = items
+    assert name == "cr.dcm" and hw == unit.shape and ms >= 0
+    assert feats == pytest.approx(unit_features(unit), abs=1e-9)
+    want = prepare_radiograph(unit, pp)[0] if prepared else unit
+    np.testing.assert_array_equal(image.pixels, want)
+    ref = read_image(RG)
+    assert (image.modality, image.sop_uid) == (ref.modality, ref.sop_uid)
+
+
 def test_zip_members_and_gzip_files_keep_their_order_and_names(pool, tmp_path):
     import gzip
 

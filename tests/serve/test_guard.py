@@ -13,7 +13,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from imaging.dicom import read_image
-from imaging.distribution import phantom_statistics
+from imaging.distribution import phantom_statistics, unit_features
 from imaging.image import Image, Volume
 from imaging.phantoms import make_chest_ct, make_radiograph
 from imaging.phantoms.radiograph import GAIN, GAMMA, MU_WATER, _resample, resample_taps
@@ -69,7 +69,10 @@ def phantoms():
 
 
 def _codes(img: Image, manifest) -> list[str]:
-    warnings = radiograph_warnings(img, radiograph_to_unit(img), manifest, "x.dcm", RADIOGRAPH)
+    unit = radiograph_to_unit(img)
+    warnings = radiograph_warnings(
+        img, unit_features(unit), unit.shape, manifest, "x.dcm", RADIOGRAPH
+    )
     assert all(set(w) == {"code", "detail", "file"} for w in warnings)
     return [w["code"] for w in warnings]
 
@@ -119,7 +122,8 @@ def test_small_input(cxr, phantoms):
 def test_details_never_echo_element_values(cxr, phantoms):
     img = film_image(lateral_film(phantoms[0]), "LL")
     img.modality = "ZANZIBAR"
-    text = repr(radiograph_warnings(img, radiograph_to_unit(img), cxr, "f", RADIOGRAPH))
+    unit = radiograph_to_unit(img)
+    text = repr(radiograph_warnings(img, unit_features(unit), unit.shape, cxr, "f", RADIOGRAPH))
     assert "ZANZIBAR" not in text
     ds = pydicom.dcmread(io.BytesIO(radiograph_bytes(np.zeros((8, 8), "f4"))))
     ds.ViewPosition = "Zanzibar^Q"  # not a defined term: dropped by the reader

@@ -20,9 +20,9 @@ from imaging.dicom import read_image
 from imaging.phantoms import make_chest_ct, make_radiograph
 from imaging.preprocess import prepare_radiograph, prepare_volume, radiograph_to_unit
 from imaging.series import read_series
+from imaging.sliding import WindowSpec, sliding_window
 from imaging.writers import ct_slice_datasets, radiograph_bytes
 from serve import launch
-from serve.sliding import sliding_window
 from serve.timing import parse_server_timing
 
 from .conftest import dicom_bytes as _bytes
@@ -124,9 +124,8 @@ def test_segment_series_as_files_and_as_zip(server, exports):
     rt = load(exports / "nodule_seg")
     vol = read_series(slices)
     x = prepare_volume(vol, rt.manifest.preprocessing)
-    probs = sliding_window(
-        x, rt.manifest.inference["roi_size"], lambda b: rt.predict(b)["probabilities"], overlap=0.5
-    )
+    spec = WindowSpec.from_inference(rt.manifest.inference, x.shape[1:])
+    probs = sliding_window(x, spec, lambda b: rt.predict(b)["probabilities"])
     want = int((probs[0] >= 0.5).sum())
     as_files = _post(url, "/v1/ct/segment", [(f"s{i}.dcm", b) for i, b in enumerate(slices)])
     as_zip = _post(
@@ -316,6 +315,49 @@ def test_segment_as_dicom_seg_references_the_source_slices(server):
     assert int(np.asarray(seg.pixel_array).astype(bool).sum()) == summary["voxels"]
     bad = _post(url, "/v1/ct/segment.dcm", [("x.txt", b"not dicom" * 40)])
     assert bad.status_code == 400 and bad.json()["error"] == "not_dicom"
+
+
+def test_server_dice_equals_export_evaluate(server, exports):
+    """Issue #17: the Dice computed from the server's answers (DICOM SEG) on held-out phantom
+    studies equals what ``export.evaluate`` reports for that export, mask for mask; and the
+    manifest's blend decides those masks (the constant blend gives others)."""
+    import dataclasses
+
+    import highdicom as hd
+
+    from export.evaluate import evaluate_export
+    from export.segmentation import segment_volume
+    from train.finetune.tasks import held_out_series
+    from train.metrics import dice
+
+    url, _ = server
+    args = {"n_test_volumes": 2, "phantom_shape": [24, 64, 64]}
+    masks = []
+    report = evaluate_export(
+        exports / "nodule_seg", task="synthetic_nodule_seg", task_args=args, masks=masks
+    )
+    assert report["inference"]["blend"] == "gaussian"
+    rt = load(exports / "nodule_seg")
+    legacy = dataclasses.replace(
+        rt.manifest, inference=rt.manifest.inference | {"blend": "constant"}
+    )
+    dices, differs = [], False
+    series = held_out_series("synthetic_nodule_seg", **args)
+    for (volume, truth), want in zip(series, masks, strict=True):
+        slices = ct_slice_datasets(volume)
+        uids = [str(ds.SOPInstanceUID) for ds in slices]
+        files = [("study.zip", _zip({f"ct/{i}.dcm": _dcm(ds) for i, ds in enumerate(slices)}))]
+        r = _post(url, "/v1/ct/segment.dcm", files)
+        assert r.status_code == 200, r.text[:300]
+        seg = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(r.content)))
+        got = seg.get_pixels_by_source_instance(
+            uids, segment_numbers=[1], assert_missing_frames_are_empty=True
+        )[..., 0].astype(bool)  # (D, H, W)
+        np.testing.assert_array_equal(got, want[0])
+        dices.append(dice(got[None], truth[None]))
+        differs |= not np.array_equal(segment_volume(volume, legacy, rt.predict)[0], want)
+    assert float(np.mean(dices)) == pytest.approx(report["volume_dice"], abs=1e-12)
+    assert differs
 
 
 def test_fuzzed_uploads_get_only_2xx_or_4xx(server):

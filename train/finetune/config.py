@@ -33,6 +33,9 @@ class EvalConfig:
     threshold: float = 0.5
     overlap: float = 0.5  # sliding-window overlap on full volumes
     blend: Literal["constant", "gaussian"] = "gaussian"
+    # how batch-statistics normalisation is made batch independent for whole volumes (the
+    # export records the same choice: models.unet3d.batch_independent)
+    batch_norm: Literal["per_sample", "running"] = "per_sample"
 
 
 def _finetune_optim() -> OptimConfig:

@@ -1,5 +1,6 @@
 """Evaluate a fine-tuned run: cube metrics on a split, and for segmentation the Dice of full
-test volumes segmented by sliding-window inference."""
+test volumes segmented by sliding-window inference (stitched as the server stitches them:
+:mod:`imaging.sliding`, probabilities blended, batch-independent normalisation)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import torch
 
 from models.checkpoint import atomic_write_bytes, load_model
+from models.unet3d import batch_independent
 
 from ..config import load_config
 from ..inference import sliding_window_inference
@@ -34,12 +36,18 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
     }
     volumes = getattr(task, "volumes_test", None) if split == "test" else None
     if task.kind == "segmentation" and volumes:
+        # as an export serves it: batch-independent normalisation, probabilities blended
+        net, _ = batch_independent(model, cfg.eval.batch_norm)
         dices, ious = [], []
         for x, mask in volumes:
-            logits = sliding_window_inference(
-                x[None], task.cube_size, model, overlap=cfg.eval.overlap, blend=cfg.eval.blend
+            probs = sliding_window_inference(
+                x[None],
+                task.cube_size,
+                lambda w: torch.sigmoid(net(w, return_logits=True)),
+                overlap=cfg.eval.overlap,
+                blend=cfg.eval.blend,
             )
-            pred = torch.sigmoid(logits) >= cfg.eval.threshold
+            pred = probs >= cfg.eval.threshold
             dices.append(float(dice(pred, mask[None] >= 0.5).mean()))
             ious.append(float(iou(pred, mask[None] >= 0.5).mean()))
         result["volume_dice"] = sum(dices) / len(dices)

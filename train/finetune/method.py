@@ -48,6 +48,9 @@ class FinetuneMethod:
             self.task.cube_size,
             labels={"main": ["nodule"]},  # every registered task targets lung nodules
             threshold=self.cfg.eval.threshold,
+            overlap=self.cfg.eval.overlap,
+            blend=self.cfg.eval.blend,
+            batch_norm=self.cfg.eval.batch_norm,
         )
 
     def loss(self, model, batch, generator: torch.Generator) -> torch.Tensor:

@@ -15,6 +15,7 @@ Tasks:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ import numpy as np
 import torch
 
 from imaging.datasets.luna16 import GENESIS_SUBSETS, Luna16Dataset
+from imaging.image import Volume
+from imaging.phantoms import make_chest_ct
 from train.data.cubes import cache_key
 from train.finetune.task_data import (
     ArraySplit,
@@ -296,3 +299,61 @@ def build_task(name: str, **kw) -> Task:
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r}; valid names are {sorted(TASKS)}")
     return TASKS[name](**kw)
+
+
+def held_out_series(name: str, split: str = "test", **kw) -> list[tuple[Volume, np.ndarray]]:
+    """The phantoms of a split of the synthetic segmentation task as a scanner stores them.
+
+    Same phantoms (seeds, shape, spacing, nodules) as ``build_task(name, **kw)``'s ``split``,
+    written as a DICOM CT series and read back: HU in whole units (rescale slope 1), slices in
+    the order a series reader gives them, so the same study sent to the server as DICOM decodes
+    to exactly these voxels. Returns ``(volume, nodule mask
+    (D, H, W) bool)`` per phantom; used to score exports (``python -m export.evaluate``).
+
+    Raises:
+        ValueError: a task without whole held-out volumes (only ``synthetic_nodule_seg`` has
+            them), or an unknown split.
+    """
+    if name != "synthetic_nodule_seg":
+        raise ValueError(
+            f"task {name!r} has no whole held-out volumes to score an export on; "
+            "synthetic_nodule_seg has"
+        )
+    if split not in SPLIT_SEED_BASE:
+        raise ValueError(f"split must be one of {sorted(SPLIT_SEED_BASE)}, got {split!r}")
+    params = inspect.signature(synthetic_nodule_seg).parameters
+    unknown = sorted(set(kw) - set(params))
+    if unknown:
+        raise TypeError(f"synthetic_nodule_seg has no argument(s) {unknown}")
+    args = {k: p.default for k, p in params.items()} | kw
+    out = []
+    for ps in _phantom_seeds(split, int(args[f"n_{split}_volumes"]), int(args["seed"])):
+        p = make_chest_ct(
+            ps,
+            shape=tuple(args["phantom_shape"]),
+            spacing=tuple(args["phantom_spacing"]),
+            findings=("nodule",),
+            nodule_diameter_mm=tuple(args["nodule_diameter_mm"]),
+            nodule_count=tuple(args["nodule_count"]),
+        )
+        out.append(_as_stored(p.volume, np.asarray(p.masks["nodule"], bool)))
+    return out
+
+
+def _as_stored(volume: Volume, mask: np.ndarray) -> tuple[Volume, np.ndarray]:
+    """``volume`` written as a CT series and read back (whole HU, slices in the reader's order:
+    along the slice normal), and ``mask`` in that slice order."""
+    import io
+
+    from imaging.series import read_series
+    from imaging.writers import ct_slice_datasets
+
+    slices, files = ct_slice_datasets(volume), []
+    for ds in slices:
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        files.append(buf.getvalue())
+    read = read_series(files)
+    written = [str(ds.SOPInstanceUID) for ds in slices]
+    order = [written.index(uid) for uid in read.meta["sop_uids"]]
+    return read, mask[order]
