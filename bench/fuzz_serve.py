@@ -20,14 +20,12 @@ Prints a summary and writes ``<out>/results.json``; the figures are in bench/RES
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import random
 import statistics
 import sys
 import threading
 import time
-import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,15 +202,9 @@ def run_campaign(server, watch, corpus, seed: int, cases: int) -> dict:
 def _study_zip(shape=(32, 64, 64)) -> bytes:
     """The soak's CT study: a phantom chest CT with a nodule, one Part 10 file per slice, zipped."""
     from imaging.phantoms import make_chest_ct
-    from imaging.writers import ct_slice_datasets
+    from imaging.writers import ct_series_bytes, study_zip
 
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for i, ds in enumerate(ct_slice_datasets(make_chest_ct(3, shape=shape).volume)):
-            out = io.BytesIO()
-            ds.save_as(out, enforce_file_format=True)
-            zf.writestr(f"ct/{i:03d}.dcm", out.getvalue())
-    return buf.getvalue()
+    return study_zip(ct_series_bytes(make_chest_ct(3, shape=shape).volume))
 
 
 def _post(path: str, name: str, data: bytes) -> tuple[str, list, bytes]:

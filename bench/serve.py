@@ -254,20 +254,11 @@ def bench_size(size: str, inputs, out: Path, args) -> dict:
 
 def ct_study(shape: tuple[int, int, int]):
     """A phantom CT of ``shape`` (D, H, W) → (volume, zip of its DICOM slices)."""
-    import io
-    import zipfile
-
     from imaging.phantoms import make_chest_ct
-    from imaging.writers import ct_slice_datasets
+    from imaging.writers import ct_series_bytes, study_zip
 
     ct = make_chest_ct(7, shape=shape, findings=("nodule",))
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for i, ds in enumerate(ct_slice_datasets(ct.volume)):
-            out = io.BytesIO()
-            ds.save_as(out, enforce_file_format=True)
-            zf.writestr(f"ct/{i:04d}.dcm", out.getvalue())
-    return ct.volume, buf.getvalue()
+    return ct.volume, study_zip(ct_series_bytes(ct.volume))
 
 
 def monai_seconds(export_dir: Path, volume) -> float:

@@ -29,13 +29,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import statistics
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import httpx
@@ -55,7 +53,7 @@ def _requests() -> list[tuple[str, list[tuple[str, bytes]], bool]]:
     from pydicom.data import get_testdata_file
 
     from imaging.phantoms import make_chest_ct, make_radiograph
-    from imaging.writers import ct_slice_datasets, radiograph_bytes
+    from imaging.writers import ct_series_bytes, radiograph_bytes, study_zip
 
     real = [(n, Path(get_testdata_file(n)).read_bytes()) for n in ("RG1_UNCR.dcm", "RG3_UNCR.dcm")]
     films = []
@@ -63,13 +61,7 @@ def _requests() -> list[tuple[str, list[tuple[str, bytes]], bool]]:
         film = make_radiograph(make_chest_ct(seed, shape=(48, 96, 96)), size=(512, 512))
         films.append((f"film{seed}.dcm", radiograph_bytes(film.pixels, modality="CR")))
     ct = make_chest_ct(3, shape=(32, 64, 64), findings=("nodule",))
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for i, ds in enumerate(ct_slice_datasets(ct.volume)):
-            out = io.BytesIO()
-            ds.save_as(out, enforce_file_format=True)
-            zf.writestr(f"ct/{i:03d}.dcm", out.getvalue())
-    study = [("study.zip", buf.getvalue())]
+    study = [("study.zip", study_zip(ct_series_bytes(ct.volume)))]
     mix = []
     for i, f in enumerate(real + films):
         mix.append(("/v1/cxr/classify", [f], True))

@@ -107,16 +107,6 @@ def evaluate_export(
     }
 
 
-def _setting(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m export.evaluate",
@@ -131,11 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set",
         dest="settings",
-        type=_setting,
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a task argument (JSON value), e.g. --set n_test_volumes=8 (repeatable)",
+        help="a task argument (YAML value), e.g. --set n_test_volumes=8 (repeatable)",
     )
     p.add_argument("--backend", help="onnxruntime or tensorrt (default: the best available)")
     p.add_argument("--precision", help="ONNX precision: fp32 (default), fp16 or int8")
@@ -144,18 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from train.config import ConfigError, apply_overrides
+
     args = build_parser().parse_args(argv)
     try:
         result = evaluate_export(
             args.export_dir,
             split=args.split,
             task=args.task,
-            task_args=dict(args.settings),
+            task_args=apply_overrides({}, args.settings),
             backend=args.backend,
             precision=args.precision,
             progress=True,
         )
-    except (ManifestError, ValueError, TypeError) as exc:
+    except (ManifestError, ConfigError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     text = json.dumps(result, indent=2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,22 @@ def ct_slice_datasets(
         ds.PixelData = np.ascontiguousarray(stored[d]).tobytes()
         out.append(ds)
     return out
+
+
+def ct_series_bytes(volume: Volume, **kwargs) -> list[bytes]:
+    """The files :func:`write_ct_series` would write, as bytes in slice order (for uploads,
+    study archives and tests); ``kwargs`` as :func:`ct_slice_datasets`."""
+    return [_to_bytes(ds) for ds in ct_slice_datasets(volume, **kwargs)]
+
+
+def study_zip(files: list[bytes], folder: str = "ct") -> bytes:
+    """``files`` as a deflated ZIP (``folder/0000.dcm``, ...): the study archive a PACS export
+    or ``/v1/ct/segment`` takes."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i, data in enumerate(files):
+            zf.writestr(f"{folder}/{i:04d}.dcm", data)
+    return buf.getvalue()
 
 
 def write_ct_series(

@@ -24,12 +24,23 @@ class ConfigError(ValueError):
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
     """Build ``cls`` from a YAML file (optional) and ``key.sub=value`` overrides, type-checked."""
     data: dict = _read_yaml(Path(path)) if path is not None else {}
+    apply_overrides(data, overrides)
+    return from_dict(cls, data)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=value`` overrides (the value read as YAML) to ``data`` in place: the ``--set``
+    syntax of every anatomix command."""
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ConfigError(f"override {item!r} must look like a.b=value")
-        _set_path(data, key.strip().split("."), yaml.safe_load(raw))
-    return from_dict(cls, data)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc})") from None
+        _set_path(data, key.strip().split("."), value)
+    return data
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:

@@ -290,19 +290,14 @@ def _lane_active(srv, lane: str) -> float:
 
 
 def test_a_gone_client_and_a_spent_budget_stop_the_work(server):
-    import io
     import socket
     from urllib.parse import urlsplit
 
     from imaging.phantoms import make_chest_ct
-    from imaging.writers import ct_slice_datasets
+    from imaging.writers import ct_series_bytes
 
     srv, _, _ = server
-    slices = []
-    for ds in ct_slice_datasets(make_chest_ct(2, shape=(40, 112, 112)).volume):
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        slices.append(buf.getvalue())
+    slices = ct_series_bytes(make_chest_ct(2, shape=(40, 112, 112)).volume)
     body = multipart([Part("files", zip_of({f"{i}.dcm": b for i, b in enumerate(slices)}),
                            "big.zip", "application/zip")], B)  # fmt: skip
     u = urlsplit(srv.url)

@@ -127,14 +127,9 @@ def test_zip_members_and_gzip_files_keep_their_order_and_names(pool, tmp_path):
 
 def _series(seed: int, shape=(24, 48, 48)) -> list[bytes]:
     from imaging.phantoms import make_chest_ct
-    from imaging.writers import ct_slice_datasets
+    from imaging.writers import ct_series_bytes
 
-    out = []
-    for ds in ct_slice_datasets(make_chest_ct(seed, shape=shape).volume):
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        out.append(buf.getvalue())
-    return out
+    return ct_series_bytes(make_chest_ct(seed, shape=shape).volume)
 
 
 def test_series_as_files_and_as_zip_equals_read_series(pool, tmp_path):

@@ -345,15 +345,13 @@ def _as_stored(volume: Volume, mask: np.ndarray) -> tuple[Volume, np.ndarray]:
     along the slice normal), and ``mask`` in that slice order."""
     import io
 
-    from imaging.series import read_series
-    from imaging.writers import ct_slice_datasets
+    from pydicom import dcmread
 
-    slices, files = ct_slice_datasets(volume), []
-    for ds in slices:
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        files.append(buf.getvalue())
+    from imaging.series import read_series
+    from imaging.writers import ct_series_bytes
+
+    files = ct_series_bytes(volume)
     read = read_series(files)
-    written = [str(ds.SOPInstanceUID) for ds in slices]
+    written = [str(dcmread(io.BytesIO(f), stop_before_pixels=True).SOPInstanceUID) for f in files]
     order = [written.index(uid) for uid in read.meta["sop_uids"]]
     return read, mask[order]
