@@ -110,6 +110,7 @@ def load(
     backend: str | None = None,
     precision: str | None = None,
     threads: int | None = None,
+    spinning: bool = True,
 ) -> Runtime:
     """Load an export for inference.
 
@@ -119,6 +120,9 @@ def load(
         precision: ONNX file to use with ONNX Runtime (``fp32``, ``int8``, ``fp16``); default
             fp32 (int8 must be asked for: it trades accuracy for CPU speed).
         threads: ONNX Runtime intra-op threads (default: ONNX Runtime's).
+        spinning: let idle intra-op threads busy-wait for the next call (ONNX Runtime's
+            default: lowest latency alone on a machine). A server sharing its cores with
+            decoding processes turns it off, or the spin eats the cores the decoders need.
 
     Raises:
         ManifestError: the manifest is invalid or a file's checksum does not match.
@@ -153,6 +157,9 @@ def load(
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = int(threads)
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if backend == "ort-cuda":
         providers.insert(0, "CUDAExecutionProvider")

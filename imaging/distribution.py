@@ -49,8 +49,9 @@ def unit_features(unit: np.ndarray) -> dict[str, float]:
     """The features of a ``(H, W)`` unit image (higher = denser; see the module docstring)."""
     from .preprocess import resize_bilinear
 
-    u = np.nan_to_num(np.asarray(unit, dtype=np.float32), nan=0.0)
-    s = _trim_borders(resize_bilinear(u, (128, 128)).astype(np.float64))
+    # NaN → 0 after the downsample, not before: one pass over 128² instead of a full-size film
+    small = np.nan_to_num(resize_bilinear(unit, (128, 128)), nan=0.0, posinf=1.0, neginf=0.0)
+    s = _trim_borders(small.astype(np.float64))
     s = resize_bilinear(s.astype(np.float32), (64, 64)).astype(np.float64)
     rows = s[16:48]
     sides = np.concatenate([rows[:, 8:22], rows[:, 42:56]], axis=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -266,6 +267,7 @@ def peac_cxr(size: int = 224) -> Preprocessing:
 # -------------------------------------------------------------------------------- resizing
 
 
+@functools.lru_cache(maxsize=64)  # a server resizes the same few film sizes over and over
 def resize_weights(n_in: int, n_out: int) -> np.ndarray:
     """``(n_out, n_in)`` float32 matrix of one axis of an antialiased bilinear resize.
 
@@ -288,7 +290,9 @@ def resize_weights(n_in: int, n_out: int) -> np.ndarray:
     taps = np.arange(n_in, dtype=f32)
     w = np.abs((taps[None, :] - centre[:, None] + f32(0.5)) * inv_support)
     w = np.clip(f32(1.0) - w, f32(0.0), None)
-    return w / w.sum(axis=1, keepdims=True)
+    w /= w.sum(axis=1, keepdims=True)
+    w.setflags(write=False)  # cached and shared: read-only
+    return w
 
 
 def resize_bilinear(

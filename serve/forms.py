@@ -262,7 +262,7 @@ class _Parts:
 
     def part_data(self, data: bytes, start: int, end: int) -> None:
         if self.out is not None:
-            self.out.write(data[start:end])
+            self.out.write(memoryview(data)[start:end])  # no copy of the chunk
             self.form.files[-1].size += end - start
         elif self.text is not None:
             if len(self.text) + (end - start) > self.text_limit:

@@ -8,6 +8,7 @@ or by id (the export's manifest name); nothing about a model is hard-coded here.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,8 @@ ROLES = {
     "correspond": (("peac",), ("correspond",)),
     "ct_segment": (("genesis",), ("segment",)),
 }
+#: a model call cheaper than this per image (ms) is "light": see :func:`_load`
+LIGHT_MODEL_MS = 25.0  # the tiny demo: ~3 ms; Swin-B at 224 px: ~250 ms
 #: modalities each input kind accepts unless the client overrides the check
 MODALITIES = {"radiograph": ("CR", "DX", "DR", "RG", "OT"), "ct": ("CT",)}
 
@@ -51,6 +54,43 @@ class LoadedModel:
         return {"id": self.id, "backend": self.runtime.backend} | d
 
 
+def _call_ms(rt: Runtime) -> float | None:
+    """Milliseconds of a batch-1 call (best of three after one that allocates), or None for an
+    input with dynamic non-batch axes (a CT volume: no single size to time)."""
+    dims = rt.manifest.inputs[0].shape[1:]
+    if not all(isinstance(n, int) for n in dims):
+        return None
+    x = np.zeros((1, *dims), np.float32)
+    rt.predict(x)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        rt.predict(x)
+        best = min(best, time.perf_counter() - start)
+    return best * 1000.0
+
+
+def _load(d: Path, settings) -> Runtime:
+    """An export's runtime for this server.
+
+    ONNX Runtime's idle threads sleep unless ``ANATOMIX_ORT_SPINNING=1``. With
+    ``ANATOMIX_THREADS`` unset, a light model on the CPU (one image under
+    :data:`LIGHT_MODEL_MS`, e.g. the tiny demo's ~3 ms) gets one intra-op thread: its requests
+    are decode-bound (a 7 MB film costs ~15 ms of decoding), a second model thread has nothing
+    to speed up, and its wake-ups take CPU from the decoding processes (bench/RESULTS.md,
+    "Serving core, second part"). Heavier models keep ONNX Runtime's default, all cores.
+    """
+    kw = {"backend": settings.runtime, "spinning": settings.ort_spinning}
+    rt = load(d, threads=settings.threads, **kw)
+    if settings.threads is not None or rt.backend != "ort-cpu":
+        return rt
+    ms = _call_ms(rt)
+    if ms is not None and ms < LIGHT_MODEL_MS:
+        log.info("%s: %.1f ms per image, a light model: one ONNX Runtime thread", d.name, ms)
+        rt = load(d, threads=1, **kw)
+    return rt
+
+
 class ModelRegistry:
     """Exports found under a directory."""
 
@@ -66,7 +106,7 @@ class ModelRegistry:
         dirs = sorted(p.parent for p in root.glob(f"*/{MANIFEST_NAME}")) if root.is_dir() else []
         for d in dirs:
             try:
-                rt = load(d, backend=settings.runtime, threads=settings.threads)
+                rt = _load(d, settings)
             except (ManifestError, ValueError, OSError) as exc:
                 problems[d.name] = str(exc)
                 log.error("export %s not loaded: %s", d.name, exc)

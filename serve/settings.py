@@ -53,6 +53,7 @@ class Settings:
     preprocess: str = "auto"  # ANATOMIX_PREPROCESS: auto | numpy | dali
     runtime: str | None = None  # ANATOMIX_RUNTIME: a backend, or the best available
     threads: int | None = None  # ANATOMIX_THREADS: ONNX Runtime intra-op threads
+    ort_spinning: bool = False  # ANATOMIX_ORT_SPINNING: idle ONNX Runtime threads busy-wait
     max_batch: int | None = None  # ANATOMIX_MAX_BATCH: at most the export's own
     max_latency_ms: float = 10.0  # ANATOMIX_MAX_LATENCY_MS
     spool_dir: Path | None = None  # ANATOMIX_SPOOL_DIR (default: the temp dir)
@@ -81,6 +82,7 @@ class Settings:
             preprocess=r.choice("ANATOMIX_PREPROCESS", "auto", ("auto", "numpy", "dali")),
             runtime=r.choice("ANATOMIX_RUNTIME", None, RUNTIMES),
             threads=r.int("ANATOMIX_THREADS", None, minimum=0) or None,
+            ort_spinning=r.choice("ANATOMIX_ORT_SPINNING", "0", ("0", "1")) == "1",
             max_batch=r.int("ANATOMIX_MAX_BATCH", None),
             max_latency_ms=r.number("ANATOMIX_MAX_LATENCY_MS", 10.0),
             spool_dir=Path(s) if (s := r.text("ANATOMIX_SPOOL_DIR", "")) else None,
@@ -95,7 +97,8 @@ class Settings:
 
 #: every variable the server reads (Limits' and ApiKeys' included)
 KNOWN = {
-    "ANATOMIX_MODELS", "ANATOMIX_METRICS_PUBLIC", "ANATOMIX_CXR_CONCURRENCY",
+    "ANATOMIX_MODELS", "ANATOMIX_METRICS_PUBLIC", "ANATOMIX_ORT_SPINNING",
+    "ANATOMIX_CXR_CONCURRENCY",
     "ANATOMIX_CXR_QUEUE", "ANATOMIX_CT_CONCURRENCY", "ANATOMIX_CT_QUEUE",
     "ANATOMIX_CXR_TIMEOUT_S", "ANATOMIX_CT_TIMEOUT_S", "ANATOMIX_CXR_DECODERS",
     "ANATOMIX_CT_DECODERS", "ANATOMIX_PREPROCESS", "ANATOMIX_RUNTIME", "ANATOMIX_THREADS",

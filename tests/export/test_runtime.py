@@ -50,6 +50,21 @@ def test_backend_is_chosen_by_availability(exported, monkeypatch):
         load(out)
 
 
+def test_spinning_is_the_callers_choice(exported):
+    """The server loads sessions whose idle threads sleep (serve.settings ``ort_spinning``)."""
+    out, _ = exported
+    key = "session.intra_op.allow_spinning"
+
+    def entry(runtime):
+        try:
+            return runtime._session.get_session_options().get_session_config_entry(key)
+        except RuntimeError:  # not set: ONNX Runtime's default, spin
+            return None
+
+    assert entry(load(out, backend="ort-cpu", spinning=False)) == "0"
+    assert entry(load(out, backend="ort-cpu")) in (None, "1")
+
+
 def test_batches_larger_than_max_batch_are_split(exported):
     out, model = exported
     runtime = load(out, backend="ort-cpu")

@@ -203,6 +203,7 @@ def test_preprocess_mode_defaults_to_numpy_on_a_cpu_and_refuses_unknown_values()
         ({"ANATOMIX_RUNTIME": "cuda"}, "ANATOMIX_RUNTIME"),
         ({"ANATOMIX_MAX_LATENCY_MS": "-1"}, "ANATOMIX_MAX_LATENCY_MS"),
         ({"ANATOMIX_LOG_FORMAT": "xml"}, "ANATOMIX_LOG_FORMAT"),
+        ({"ANATOMIX_ORT_SPINNING": "yes"}, "ANATOMIX_ORT_SPINNING"),
         ({"ANATOMIX_LOG_LEVEL": "chatty"}, "ANATOMIX_LOG_LEVEL"),
         ({"ANATOMIX_MAX_UPLOAD_MB": "lots"}, "ANATOMIX_MAX_UPLOAD_MB"),
         ({"ANATOMIX_API_KEYS": "k1, "}, "ANATOMIX_API_KEYS"),
@@ -230,6 +231,7 @@ def test_settings_defaults_values_and_unknown_names(caplog):
     s = Settings.from_env({"ANATOMIX_CT_TIMEOUT_S": "12", "ANATOMIX_RUNTIME": "ort-cpu",
                            "ANATOMIX_THREADS": "0", "ANATOMIX_LOG_FORMAT": "JSON"})  # fmt: skip
     assert (s.ct_timeout_s, s.runtime, s.threads, s.log_format) == (12.0, "ort-cpu", None, "json")
+    assert not s.ort_spinning and Settings.from_env({"ANATOMIX_ORT_SPINNING": "1"}).ort_spinning
     with caplog.at_level(logging.WARNING, logger="anatomix.serve"):
         Settings.from_env({"ANATOMIX_MAX_UPLAOD_MB": "16", "ANATOMIX_REQUIRE_ORTHANC": "1"})
     assert "ANATOMIX_MAX_UPLAOD_MB" in caplog.text and "ANATOMIX_MAX_UPLOAD_MB" in caplog.text
