@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 install: $(STAMP)  ## create .venv and install anatomix with its test dependencies
 
 test: $(STAMP)  ## the whole suite (slow tests included), the Triton-interpreter tests, the README check
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/triton
 	$(PY) scripts/check_docs.py
 

@@ -1,17 +1,18 @@
-"""PEAC evidence: landmark correspondence across different patients, and linear probing.
+"""PEAC evidence: landmarks matched across different patients, beside references, over seeds.
 
-    python bench/peac_correspondence.py [--epochs 3] [--pairs 40] [--out bench/out/peac]
+    python bench/peac_correspondence.py --config configs/peac/tiny_conv.yaml --seeds 0 1 2
 
-Three arms share the tiny preset's architecture (ViT-Tiny/16 at 112 px, 7×7 cells of 16 px):
-random init (no training), PEAC⁻¹ (``losses.local_weight=0``) and PEAC, trained on the synthetic
-films of ``configs/peac/tiny.yaml``. For pairs of *different* phantom patients never seen in
-training, each film cut at its own random offset, every landmark the phantom exports (carina,
-apices, costophrenic angles, heart borders, diaphragm domes, ...) is mapped from film A to film B
-with ``models.peac.correspond(...).query``; a hit is a prediction within one cell of B's true
-landmark in both rows and columns (one cell = 16 model px = 16 · 160/112 ≈ 22.9 px of the
-160-px film). Linear probing: frozen embeddings (mean-pooled tokens) → logistic regression on
-``synth_nih`` (own seed), test mean AUROC. Writes ``results.json``, ``correspondence.png`` and
-``hits.png`` under ``--out``. Not in CI.
+For each seed: random init (the preset's architecture, that seed's initial weights), PEAC⁻¹
+(``losses.local_weight=0``), PEAC and PEAC with the release's local MSE
+(``losses.local_kind=mse``) are trained with ``loop.seed`` = seed, and the student and
+the exported teacher are scored by :mod:`train.peac.evaluate` on the same test pairs: films of
+*different* phantom patients, varied in scale, rotation, position and exposure, each cut at its
+own random pixel offset, at the training scale; only landmarks inside both films count, for
+every matcher. References on the same landmarks: position only (same pixel), the raw cell
+patch, a 3 × 3-cell context descriptor. Intervals: mean ± t·sd/√n over seeds for trained arms;
+a 95 % bootstrap over pairs for the (deterministic) references. Writes ``results.json``,
+``diagnostics.png`` (the per-epoch numbers of :mod:`train.peac.diagnostics`) and ``hits.png``
+under ``--out``. Not in CI.
 """
 
 from __future__ import annotations
@@ -29,203 +30,222 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from imaging.phantoms import LANDMARKS, make_chest_ct, make_radiograph  # noqa: E402
-from models.checkpoint import load_model, save_weights  # noqa: E402
-from models.peac import correspond  # noqa: E402
-from train.ark.transfer import TransferConfig, linear_probe  # noqa: E402
+from models.checkpoint import load_model  # noqa: E402
 from train.config import load_config  # noqa: E402
 from train.engine import fit  # noqa: E402
 from train.peac.config import PEACConfig  # noqa: E402
+from train.peac.evaluate import (  # noqa: E402
+    bootstrap_interval,
+    landmark_pairs,
+    load_pairs,
+    match_points,
+    model_hits,
+    model_tokens,
+    references,
+    save_pairs,
+    student_from_checkpoint,
+)
 from train.peac.method import PEACMethod  # noqa: E402
 
-FILM = 160  # px, the films of the tiny preset's load size
-CT_SHAPE = (48, 64, 64)
+ARMS = {
+    "random": None,
+    "peac_inv": ["losses.local_weight=0"],  # PEAC⁻¹: no local loss
+    "peac": [],
+    "peac_mse": ["losses.local_kind=mse"],  # the release's local loss in the same preset
+}
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 
 
-def train_arm(name: str, epochs: int, out: Path, cache: Path, extra=()) -> Path:
-    cfg = load_config(
+def seed_interval(values) -> tuple[float, float, float]:
+    """Mean and the t-interval (95 %) over seeds."""
+    v = np.asarray(values, float)
+    if len(v) < 2:
+        return float(v.mean()), float("nan"), float("nan")
+    half = T95.get(len(v) - 1, 1.96) * v.std(ddof=1) / np.sqrt(len(v))
+    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
+
+
+def config(path: Path, seed: int, cache: Path, extra) -> PEACConfig:
+    return load_config(
         PEACConfig,
-        ROOT / "configs/peac/tiny.yaml",
-        [f"loop.epochs={epochs}", "loop.progress=false", f"data.cache_dir={cache}", *extra],
+        path,
+        [f"loop.seed={seed}", "loop.progress=false", f"data.cache_dir={cache}", *extra],
     )
-    run = out / name
+
+
+def run_arm(cfg: PEACConfig, run: Path, trained: bool):
+    """(student, teacher, seconds): random init gives the same model twice."""
     shutil.rmtree(run, ignore_errors=True)
     method = PEACMethod(cfg, run)
-    if epochs == 0:  # random init: the engine's initial weights, exported like a trained teacher
+    start = time.time()
+    if not trained:
         torch.manual_seed(cfg.loop.seed)
         pair, _, _ = method.build_model()
-        model, model_name, args = method.export_model(pair)
-        run.mkdir(parents=True)
-        save_weights(model, run / "model.safetensors", model_name=model_name, model_args=args)
-    else:
-        fit(method, run)
-    return run / "model.safetensors"
+        teacher, _, _ = method.export_model(pair)
+        return teacher.eval(), teacher.eval(), 0.0
+    fit(method, run)
+    seconds = time.time() - start
+    return student_from_checkpoint(run), load_model(run / "model.safetensors").eval(), seconds
 
 
-class Film:
-    """A film cut from a larger render at an offset, with its landmarks moved along."""
-
-    def __init__(self, render, offset: tuple[int, int]) -> None:
-        r, c = offset
-        self.pixels = np.asarray(render.pixels)[r : r + FILM, c : c + FILM]
-        self.landmarks = {k: np.asarray(v, float) - (r, c) for k, v in render.landmarks.items()}
-
-
-def films(n_pairs: int, seed0: int = 90_000, margin: int = 32):
-    """Pairs of films of *different* patients (seeds far from the training items), each cut at
-    its own random offset (0..margin px per axis) from a (FILM + margin)-px render: the same
-    landmark sits at different pixels in A and B, so mapping every cell to itself is no answer."""
-    rng = np.random.default_rng(seed0)
-    for k in range(n_pairs):
-        pair = []
-        for j in range(2):
-            ct = make_chest_ct(seed0 + 2 * k + j, shape=CT_SHAPE)
-            render = make_radiograph(ct, size=(FILM + margin, FILM + margin))
-            pair.append(Film(render, tuple(int(v) for v in rng.integers(0, margin + 1, 2))))
-        yield tuple(pair)
-
-
-def identity_hits(pairs, cell: float) -> float:
-    """The baseline of predicting the same pixel in B as in A."""
-    rates = []
-    for a, b in pairs:
-        pa = np.array([a.landmarks[n] for n in LANDMARKS])
-        pb = np.array([b.landmarks[n] for n in LANDMARKS])
-        rates.append(float(np.all(np.abs(pa - pb) <= cell, axis=1).mean()))
-    return float(np.mean(rates))
-
-
-def correspondence_hits(model, pairs) -> dict:
-    names = list(LANDMARKS)
-    hits = {n: [] for n in names}
-    per_pair = []
-    for a, b in pairs:
-        result = correspond(model, np.asarray(a.pixels), np.asarray(b.pixels))
-        cell = model.cell * FILM / model.img_size  # one cell in film pixels
-        pts_a = np.array([a.landmarks[n] for n in names], dtype=float)
-        pred, _ = result.query(pts_a)
-        true_b = np.array([b.landmarks[n] for n in names], dtype=float)
-        ok = np.all(np.abs(pred - true_b) <= cell, axis=1)
-        for n, h in zip(names, ok, strict=True):
-            hits[n].append(bool(h))
-        per_pair.append(float(ok.mean()))
-    return {
-        "hit_rate": float(np.mean(per_pair)),
-        "hit_rate_std_over_pairs": float(np.std(per_pair)),
-        "per_landmark": {n: float(np.mean(v)) for n, v in hits.items()},
-    }
-
-
-def probe(weights: Path, out: Path, cache: Path) -> float:
-    cfg = load_config(
-        TransferConfig,
-        ROOT / "configs/ark/transfer_tiny.yaml",
-        [
-            f"init=peac:{weights}",
-            "size=112",
-            "data.load_size=128",
-            f"data.cache_dir={cache}",
-            "dataset.reader={n: 200, size: [128, 128], ct_shape: [48, 64, 64], seed: 101}",
-            "dataset.per_split={test: {n: 160}}",
-            "loop.progress=false",
-        ],
-    )
-    return linear_probe(cfg, out, split="test")["mean_auroc"]
-
-
-def figure(model, pair, path: Path) -> None:
-    from PIL import Image, ImageDraw
-
-    a, b = pair
-    names = list(LANDMARKS)
-    pred, _ = correspond(model, np.asarray(a.pixels), np.asarray(b.pixels)).query(
-        np.array([a.landmarks[n] for n in names], dtype=float)
-    )
-    scale = 3
-    canvas = Image.new("RGB", (2 * FILM * scale + 10, FILM * scale), "white")
-    for k, film in enumerate((a, b)):
-        grey = (np.clip(np.asarray(film.pixels), 0, 1) * 255).astype(np.uint8)
-        img = Image.fromarray(grey).resize((FILM * scale, FILM * scale)).convert("RGB")
-        canvas.paste(img, (k * (FILM * scale + 10), 0))
-    draw = ImageDraw.Draw(canvas)
-    off = FILM * scale + 10
-
-    def dot(r, c, x0, colour):
-        x, y = x0 + c * scale, r * scale
-        draw.ellipse([x - 5, y - 5, x + 5, y + 5], outline=colour, width=2)
-
-    for n, p in zip(names, pred, strict=True):
-        ra, ca = a.landmarks[n]
-        rb, cb = b.landmarks[n]
-        dot(ra, ca, 0, (0, 200, 0))  # A's landmark
-        dot(rb, cb, off, (0, 120, 255))  # B's true landmark
-        if np.all(np.isfinite(p)):
-            dot(p[0], p[1], off, (255, 40, 40))  # PEAC's prediction
-            draw.line([(ca * scale, ra * scale), (off + p[1] * scale, p[0] * scale)],
-                      fill=(255, 200, 0), width=1)  # fmt: skip
-    canvas.save(path)
-
-
-def bar_plot(results: dict, path: Path) -> None:
+def diagnostics_plot(out: Path, runs: dict[str, list[Path]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = list(results["arms"])
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    rates = [results["arms"][a]["correspondence"]["hit_rate"] for a in arms]
-    errs = [results["arms"][a]["correspondence"]["hit_rate_std_over_pairs"] for a in arms]
-    ax.bar(arms, rates, yerr=errs, capsize=4, color=["grey", "tab:orange", "tab:blue"])
+    keys = [
+        ("loss_global", "global loss"), ("loss_local", "local loss"),
+        ("order_acc_unshuffled", "order acc, unshuffled"),
+        ("order_acc_shuffled", "order acc, shuffled"),
+        ("global_cos_between_images", "global cos between images"),
+        ("token_spread", "token spread"),
+        ("local_loss_correct", "local loss: correct (-), transposed (--), other (:)"),
+    ]  # fmt: skip
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7))
+    colours = {"peac_inv": "tab:orange", "peac": "tab:blue", "peac_mse": "tab:green"}
+    for (key, title), ax in zip(keys, axes.flat, strict=False):
+        for arm, paths in runs.items():
+            for k, path in enumerate(paths):
+                rows = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
+                rows = [r for r in rows if "val_loss" in r]
+                ep = [r["epoch"] for r in rows]
+                lab = arm if k == 0 else None
+                ax.plot(ep, [r.get(key) for r in rows], color=colours[arm], label=lab)
+                if key == "local_loss_correct":
+                    ax.plot(ep, [r.get("local_loss_transposed") for r in rows], "--",
+                            color=colours[arm])  # fmt: skip
+                    ax.plot(ep, [r.get("local_loss_other_patient") for r in rows], ":",
+                            color=colours[arm])  # fmt: skip
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch")
+    axes.flat[0].legend()
+    axes.flat[-1].axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "diagnostics.png", dpi=90)
+
+
+def correspondence_figure(model, pairs, path: Path, scale: int = 3) -> None:
+    """One row per pair: A's landmarks (green), B's true landmarks (blue), the model's matches
+    (red, joined by yellow lines)."""
+    from PIL import Image, ImageDraw
+
+    side = pairs[0].a.shape[0] * scale
+    canvas = Image.new("RGB", (2 * side + 10, len(pairs) * (side + 10) - 10), "white")
+    draw = ImageDraw.Draw(canvas)
+
+    def dot(r, c, x0, y0, colour):
+        x, y = x0 + c * scale, y0 + r * scale
+        draw.ellipse([x - 5, y - 5, x + 5, y + 5], outline=colour, width=2)
+
+    for row, pair in enumerate(pairs):
+        y0 = row * (side + 10)
+        for k, film in enumerate((pair.a, pair.b)):
+            grey = (np.clip(film, 0, 1) * 255).astype(np.uint8)
+            canvas.paste(Image.fromarray(grey).resize((side, side)), (k * (side + 10), y0))
+        pred = match_points(model_tokens(model), model.cell, pair)
+        for (ra, ca), (rb, cb), (rp, cp) in zip(pair.pts_a, pair.pts_b, pred, strict=True):
+            dot(ra, ca, 0, y0, (0, 200, 0))
+            dot(rb, cb, side + 10, y0, (0, 120, 255))
+            dot(rp, cp, side + 10, y0, (255, 40, 40))
+            draw.line([(ca * scale, y0 + ra * scale), (side + 10 + cp * scale, y0 + rp * scale)],
+                      fill=(255, 200, 0), width=1)  # fmt: skip
+    canvas.save(path)
+
+
+def hits_plot(out: Path, results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["summary"])
+    means = [results["summary"][n]["mean"] for n in names]
+    lo = [m - results["summary"][n]["lo"] for n, m in zip(names, means, strict=True)]
+    hi = [results["summary"][n]["hi"] - m for n, m in zip(names, means, strict=True)]
+    fig, ax = plt.subplots(figsize=(9, 3.4))
+    ax.bar(names, means, yerr=[lo, hi], capsize=4, color="tab:blue")
     ax.set_ylabel("landmarks within one cell")
     ax.set_ylim(0, 1)
+    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(out / "hits.png", dpi=110)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--config", type=Path, default=ROOT / "configs/peac/tiny_conv.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--pairs", type=int, default=40)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="config override for every arm, e.g. loop.epochs=10")  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "bench/out/peac")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.out / "cache"
-    arms = {
-        "random init": (0, []),
-        "PEAC⁻¹": (args.epochs, ["losses.local_weight=0"]),
-        "PEAC": (args.epochs, []),
-    }
-    pairs = list(films(args.pairs))
-    results = {"epochs": args.epochs, "pairs": args.pairs, "arms": {},
-               "identity_baseline": identity_hits(pairs, 16 * FILM / 112)}  # fmt: skip
-    print(f"identity baseline (same pixel in B): {results['identity_baseline']:.3f}")
-    for k, (name, (epochs, extra)) in enumerate(arms.items()):
-        start = time.time()
-        weights = train_arm(f"arm{k}", epochs, args.out, cache, extra)
-        trained = time.time() - start
-        model = load_model(weights).eval()
-        corr = correspondence_hits(model, pairs)
-        auroc = probe(weights, args.out / f"probe{k}", cache)
-        results["arms"][name] = {"correspondence": corr, "probe_mean_auroc": auroc,
-                                 "train_seconds": trained}  # fmt: skip
-        print(f"{name}: hits {corr['hit_rate']:.3f}, probe AUROC {auroc:.3f}", flush=True)
-        if name == "PEAC":
-            figure(model, pairs[0], args.out / "correspondence.png")
+    probe_cfg = config(args.config, 0, cache, args.overrides)
+    key = f"pairs_{args.pairs}_{probe_cfg.load_size}_{probe_cfg.model.img_size}.npz"
+    pairs_file = cache / key
+    if pairs_file.is_file():  # the test pairs take ~1 s each to render
+        pairs = load_pairs(pairs_file)
+    else:
+        ct_shape = probe_cfg.data.reader.get("ct_shape", (48, 64, 64))
+        pairs = landmark_pairs(
+            args.pairs, load_size=probe_cfg.load_size, window=probe_cfg.model.img_size,
+            ct_shape=ct_shape,
+        )  # fmt: skip
+        cache.mkdir(parents=True, exist_ok=True)
+        save_pairs(pairs_file, pairs)
+    cell = probe_cfg.cell
+    refs = references(pairs, cell)
+    results = {
+        "config": str(args.config), "overrides": args.overrides, "seeds": args.seeds,
+        "pairs": len(pairs), "landmarks": int(sum(len(p.names) for p in pairs)),
+        "references": {k: float(v.mean()) for k, v in refs.items()}, "arms": {},
+    }  # fmt: skip
+    summary = {}
+    for name, values in refs.items():
+        lo, hi = bootstrap_interval(values)
+        summary[name] = {"mean": float(values.mean()), "lo": lo, "hi": hi}
+        print(f"{name}: {values.mean():.3f} [{lo:.3f}, {hi:.3f}]", flush=True)
+    runs: dict[str, list[Path]] = {}
+    for arm in args.arms:
+        per_seed = {"student": [], "teacher": [], "seconds": []}
+        for seed in args.seeds:
+            extra = args.overrides + (ARMS[arm] or [])
+            cfg = config(args.config, seed, cache, extra)
+            run = args.out / f"{arm}_seed{seed}"
+            student, teacher, seconds = run_arm(cfg, run, trained=ARMS[arm] is not None)
+            if ARMS[arm] is not None:
+                runs.setdefault(arm, []).append(run)
+            s, t = model_hits(student, pairs).mean(), model_hits(teacher, pairs).mean()
+            per_seed["student"].append(float(s))
+            per_seed["teacher"].append(float(t))
+            per_seed["seconds"].append(seconds)
+            print(f"{arm} seed {seed}: student {s:.3f}, teacher {t:.3f} ({seconds:.0f} s)",
+                  flush=True)  # fmt: skip
+        results["arms"][arm] = per_seed
+        for who in ("student", "teacher") if ARMS[arm] is not None else ("teacher",):
+            mean, lo, hi = seed_interval(per_seed[who])
+            label = arm if ARMS[arm] is None else f"{arm} {who}"
+            summary[label] = {"mean": mean, "lo": lo, "hi": hi}
+    results["summary"] = summary
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    print("\n| arm | landmarks within one cell | linear-probe test mean AUROC |\n|---|---|---|")
-    for name, r in results["arms"].items():
-        c = r["correspondence"]
-        print(f"| {name} | {c['hit_rate']:.3f} ± {c['hit_rate_std_over_pairs']:.3f} | "
-              f"{r['probe_mean_auroc']:.3f} |")  # fmt: skip
-    print("\nper landmark:")
-    for lm in LANDMARKS:
-        print(lm, {a: round(r["correspondence"]["per_landmark"][lm], 2)
-                   for a, r in results["arms"].items()})  # fmt: skip
+    print(f"\n{len(pairs)} pairs, {results['landmarks']} landmarks inside both films; "
+          f"seeds {args.seeds}\n\n| matcher | landmarks within one cell | 95 % interval |\n"
+          "|---|---:|---|")  # fmt: skip
+    for name, r in summary.items():
+        print(f"| {name} | {r['mean']:.3f} | [{r['lo']:.3f}, {r['hi']:.3f}] |")
+    if "peac" in args.arms:  # the first seed's teacher on the first two test pairs
+        teacher = load_model(args.out / f"peac_seed{args.seeds[0]}" / "model.safetensors")
+        correspondence_figure(teacher, pairs[:2], args.out / "correspondence.png")
     try:
-        bar_plot(results, args.out / "hits.png")
+        hits_plot(args.out, results)
+        if runs:
+            diagnostics_plot(args.out, runs)
     except ImportError:
-        print("matplotlib not installed: no bar plot")
+        print("matplotlib not installed: no plots")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import torch
 from timm.models import get_pretrained_cfg
 from torch import nn
 
+from . import backbones  # noqa: F401  (registers the small timm backbones of CPU presets)
+
 PROJECTORS = ("linear", "mlp", "none")
 
 

@@ -9,6 +9,8 @@ has to import ``train`` or guess.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from imaging.preprocess import Preprocessing, ark_cxr, genesis_ct, peac_cxr
 
 
@@ -51,12 +53,16 @@ def genesis_card(
     return card(task, genesis_ct(), labels=labels, **extra)
 
 
-def ark_card(size: int, sources) -> dict:
+def ark_card(size: int, sources, *, stats=None) -> dict:
     """Ark / 2D transfer: one entry per head, named after its dataset; multi-class heads are
-    scored with softmax, multi-label heads with sigmoid."""
+    scored with softmax, multi-label heads with sigmoid. ``stats`` ``(mean, std)`` replaces
+    ImageNet's normalisation (a PEAC-initialised transfer keeps PEAC's)."""
     labels = {s.name: list(s.label_names) for s in sources}
     acts = {s.name: "softmax" if s.task == "multiclass" else "sigmoid" for s in sources}
-    return card("classify", ark_cxr(int(size)), labels=labels, activations=acts)
+    pre = ark_cxr(int(size))
+    if stats is not None:
+        pre = replace(pre, mean=tuple(stats[0]), std=tuple(stats[1]))
+    return card("classify", pre, labels=labels, activations=acts)
 
 
 def peac_card(img_size: int) -> dict:

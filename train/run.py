@@ -89,13 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="score a fine-tuned run",
         description="Score a run's best weights on a split (fine-tuned 3D tasks: Dice/AUROC; "
-        "Ark: per-dataset, per-class AUROC of the teacher). To score an exported model exactly "
-        "as the server runs it: python -m export.evaluate EXPORT_DIR.",
+        "Ark: per-dataset, per-class AUROC of the teacher; PEAC: cross-patient landmark "
+        "matching of teacher and student beside position, raw-patch and context references; "
+        "its linear probe: transfer --mode probe). To score an exported model exactly as the "
+        "server runs it: python -m export.evaluate EXPORT_DIR.",
     )
     ev.add_argument("--run-dir", type=Path, required=True)
     ev.add_argument("--split", choices=["train", "val", "test"], default="test")
     ev.add_argument(
         "--ten-crop", action="store_true", help="2D models: average the ten-crop predictions"
+    )
+    ev.add_argument(
+        "--pairs", type=int, default=40, help="PEAC: test film pairs of different patients"
+    )
+    ev.add_argument(
+        "--no-probe", action="store_true", help="PEAC: skip the linear probe (~3 CPU minutes)"
     )
     return parser
 
@@ -114,17 +122,15 @@ def _saved_config(run_dir: Path) -> dict:
 
 
 def _refuse_pretraining(run_dir: Path, model_name: str, saved: dict) -> None:
-    """Self-supervised runs have no labels to score: say what to run instead."""
-    if model_name == "peac":
-        kind, how = "PEAC", f"python -m train.run transfer --init peac:{run_dir} --mode probe"
-    elif "transform" in saved and "task" not in saved:
-        kind, how = "Models Genesis", f"python -m train.run finetune --init genesis:{run_dir}"
-    else:
+    """Genesis pretraining has no labels to score: say what to run instead."""
+    if "transform" not in saved or "task" in saved or model_name == "peac":
         return
+    how = f"python -m train.run finetune --init genesis:{run_dir}"
     raise ConfigError(
-        f"{run_dir} is a {kind} pretraining run: evaluate scores labelled runs (fine-tuned, "
-        f"transfer, Ark). Its validation loss per epoch is in {run_dir / 'metrics.jsonl'}; to "
-        f"score what it learned, fine-tune or probe it ({how}) and evaluate that run"
+        f"{run_dir} is a Models Genesis pretraining run: evaluate scores labelled runs "
+        f"(fine-tuned, transfer, Ark) and PEAC runs. Its validation loss per epoch is in "
+        f"{run_dir / 'metrics.jsonl'}; to score what it learned, fine-tune it ({how}) and "
+        "evaluate that run"
     )
 
 
@@ -141,6 +147,12 @@ def _evaluate(args) -> dict:
     _, info = load_weights(weights)
     saved = _saved_config(args.run_dir)
     _refuse_pretraining(args.run_dir, info.model_name, saved)
+    if info.model_name == "peac":
+        from .peac.evaluate import evaluate_peac_run
+
+        return evaluate_peac_run(
+            args.run_dir, n_pairs=args.pairs, split=args.split, probe=not args.no_probe
+        )
     if info.model_name == "ark" and "schedule" not in saved:
         from .ark.transfer import TransferConfig, evaluate_transfer_run
 

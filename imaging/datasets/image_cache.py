@@ -116,6 +116,7 @@ def image_params(dataset) -> dict:
             "finding_rate": dataset.finding_rate,
             "size": list(dataset.size),
             "ct_shape": shape,
+            "vary": dataset.vary,
         }
     raise TypeError(
         f"cache_images: cannot key {type(dataset).__name__}; give it an image_params() method"

@@ -91,6 +91,8 @@ class SyntheticChestDataset(_SyntheticBase):
         ct_shape: shape ``(D, H, W)`` of the phantom CT the radiograph is projected from
             (None: the phantom module's default).
         with_masks: add the radiograph's finding masks to ``meta["masks"]``.
+        vary: move each film as patients differ (scale, rotation, position, exposure;
+            :func:`imaging.phantoms.vary_radiograph`), drawn from the item's own seed.
     """
 
     name = "synthetic_chest"
@@ -107,9 +109,11 @@ class SyntheticChestDataset(_SyntheticBase):
         finding_rate: float = 0.3,
         ct_shape: tuple[int, int, int] | None = None,
         with_masks: bool = False,
+        vary: bool = False,
     ) -> None:
         super().__init__(root, split, load_images, n, seed, finding_rate)
         self.size, self.ct_shape, self.with_masks = tuple(size), ct_shape, with_masks
+        self.vary = bool(vary)
 
     def __getitem__(self, i: int) -> Sample:
         i = self._index(i)
@@ -119,6 +123,9 @@ class SyntheticChestDataset(_SyntheticBase):
         kw = {} if self.ct_shape is None else {"shape": tuple(self.ct_shape)}
         ct = ph.make_chest_ct(self.item_seed(i), findings=self.findings(i), **kw)
         xray = ph.make_radiograph(ct, size=self.size)
+        if self.vary:
+            rng = np.random.default_rng(stable_seed("vary", self.name, self.seed, self.split, i))
+            xray = ph.vary_radiograph(xray, rng)
         meta = {"masks": xray.masks} if self.with_masks else {}
         return self._sample(i, np.asarray(xray.pixels, np.float32), xray.labels, meta)
 

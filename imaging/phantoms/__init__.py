@@ -10,12 +10,15 @@ from .ct import ChestPhantom, make_chest_ct
 from .findings import FINDINGS
 from .landmarks import LANDMARKS
 from .radiograph import Radiograph, make_radiograph
+from .variation import Variation, vary_radiograph
 
 __all__ = [
     "FINDINGS",
     "LANDMARKS",
     "ChestPhantom",
     "Radiograph",
+    "Variation",
     "make_chest_ct",
     "make_radiograph",
+    "vary_radiograph",
 ]

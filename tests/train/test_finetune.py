@@ -157,6 +157,5 @@ def test_evaluate_refuses_missing_and_pretraining_runs_clearly(tmp_path, pretrai
     peac.mkdir()
     weights, _ = load_weights(pretrained)
     save_weights(weights, peac / "model.safetensors", model_name="peac", model_args={})
-    assert main(["evaluate", "--run-dir", str(peac)]) == 2
-    err = capsys.readouterr().err
-    assert "PEAC pretraining run" in err and f"--init peac:{peac} --mode probe" in err
+    assert main(["evaluate", "--run-dir", str(peac)]) == 2  # PEAC weights, no run config
+    assert f"{peac / 'config.yaml'} is missing" in capsys.readouterr().err

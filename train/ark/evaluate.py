@@ -18,23 +18,36 @@ from models.checkpoint import atomic_write_bytes, load_model
 
 from ..config import load_config
 from ..metrics import roc_auc
-from ..views2d import average_crops, normalize, resize_center_crop, ten_crop
+from ..views2d import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    average_crops,
+    normalize,
+    resize_center_crop,
+    ten_crop,
+)
 from .config import ArkConfig
 from .data import build_sources, eval_resize
 
 
 @torch.no_grad()
-def predict(model, source, device, *, size: int, ten_crop_test: bool, batch_size: int = 32):
-    """Probabilities ``(N, C)`` of ``source``'s head over every item, as a NumPy array."""
+def predict(
+    model, source, device, *, size: int, ten_crop_test: bool, batch_size: int = 32, stats=None
+):
+    """Probabilities ``(N, C)`` of ``source``'s head over every item, as a NumPy array.
+
+    ``stats``: ``(mean, std)`` the model was trained with (None: ImageNet's, as Ark's release).
+    """
+    mean, std = stats or (IMAGENET_MEAN, IMAGENET_STD)
     model.eval()
     out = []
     for start in range(0, len(source), batch_size):
         images, _, _, head = source.batch(list(range(start, min(start + batch_size, len(source)))))
         images = images.to(device)
         if ten_crop_test:
-            x = normalize(ten_crop(images, eval_resize(size), size))
+            x = normalize(ten_crop(images, eval_resize(size), size), mean, std)
         else:
-            x = normalize(resize_center_crop(images, eval_resize(size), size))
+            x = normalize(resize_center_crop(images, eval_resize(size), size), mean, std)
         _, logits = model(x, head=int(head[0]))
         logits = logits.float()
         probs = logits.softmax(-1) if source.task == "multiclass" else logits.sigmoid()
@@ -62,11 +75,12 @@ def score_probs(probs: np.ndarray, target: np.ndarray, mask: np.ndarray, names, 
     return result
 
 
-def score_sources(model, sources, device, *, size: int, ten_crop: bool = False) -> dict:
-    """``{"datasets": {head name: scores}, "mean_auroc": mean over datasets}``."""
+def score_sources(model, sources, device, *, size: int, ten_crop: bool = False, stats=None) -> dict:
+    """``{"datasets": {head name: scores}, "mean_auroc": mean over datasets}`` (``stats`` as in
+    :func:`predict`)."""
     per = {}
     for source in sources:
-        probs = predict(model, source, device, size=size, ten_crop_test=ten_crop)
+        probs = predict(model, source, device, size=size, ten_crop_test=ten_crop, stats=stats)
         per[source.name] = score_probs(
             probs, np.asarray(source.target), np.asarray(source.mask), source.label_names,
             source.task,

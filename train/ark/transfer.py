@@ -26,7 +26,14 @@ from models.checkpoint import atomic_write_bytes, load_model
 
 from ..cards import ark_card
 from ..settings import LoopConfig, OptimConfig
-from ..views2d import normalize, resize_center_crop, sample_geometry, warp
+from ..views2d import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    normalize,
+    resize_center_crop,
+    sample_geometry,
+    warp,
+)
 from .config import ArkDataConfig, ArkDatasetConfig, ArkModelConfig
 from .data import build_source, eval_resize
 from .evaluate import score_probs, score_sources
@@ -50,6 +57,17 @@ class TransferConfig:
 
 
 INIT_KINDS = ("ark", "peac")
+
+
+def init_statistics(init: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The ``(mean, std)`` the initial weights were trained with, used for every view, for
+    evaluation and in the exported card: PEAC's grey statistics (0.5056 / 0.252,
+    ``models.peac``) for ``peac:``, ImageNet's for Ark and scratch (Ark's release)."""
+    if init.partition(":")[0] == "peac":
+        from models.peac import PEAC_MEAN, PEAC_STD
+
+        return (PEAC_MEAN,) * 3, (PEAC_STD,) * 3  # the grey film repeated to 3 channels
+    return IMAGENET_MEAN, IMAGENET_STD
 
 
 def load_pretrained(init: str) -> ArkModel:
@@ -108,6 +126,7 @@ class TransferMethod:
 
     def __init__(self, cfg: TransferConfig, run_dir: str | Path) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.stats = init_statistics(cfg.init)
         self._sources: dict = {}
 
     def source(self, split: str):
@@ -126,8 +145,7 @@ class TransferMethod:
         return self.source("train"), self.source("val")
 
     def inference_card(self) -> dict:
-        # The views are normalised with ImageNet statistics whatever the initialisation.
-        return ark_card(self.cfg.size, [self.source("train")])
+        return ark_card(self.cfg.size, [self.source("train")], stats=self.stats)
 
     def loss(self, model, batch, generator: torch.Generator) -> torch.Tensor:
         images, target, mask, _ = batch
@@ -135,7 +153,7 @@ class TransferMethod:
             images = self.train_view(images, generator)
         else:
             images = normalize(
-                resize_center_crop(images, eval_resize(self.cfg.size), self.cfg.size)
+                resize_center_crop(images, eval_resize(self.cfg.size), self.cfg.size), *self.stats
             )
         _, logits = model(images, head=0)
         return masked_bce(logits, target, mask)
@@ -149,10 +167,10 @@ class TransferMethod:
         )  # fmt: skip
         flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
         images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-        return normalize(warp(images, geo))
+        return normalize(warp(images, geo), *self.stats)
 
     def val_metrics(self, net, val_set, device) -> dict:
-        scores = score_sources(net, [val_set], device, size=self.cfg.size)
+        scores = score_sources(net, [val_set], device, size=self.cfg.size, stats=self.stats)
         return {"auroc_mean": scores["mean_auroc"]}
 
 
@@ -162,21 +180,26 @@ def evaluate_transfer_run(run_dir: str | Path, cfg: TransferConfig, split: str =
     method = TransferMethod(cfg, run_dir)
     model = load_model(run_dir / "model.safetensors").eval()
     scores = score_sources(
-        model, [method.source(split)], torch.device("cpu"), size=cfg.size, ten_crop=cfg.ten_crop
-    )
+        model, [method.source(split)], torch.device("cpu"), size=cfg.size,
+        ten_crop=cfg.ten_crop, stats=method.stats,
+    )  # fmt: skip
     result = {"mode": "finetune", "split": split, **scores}
     atomic_write_bytes(run_dir / f"eval_{split}.json", json.dumps(result, indent=2).encode())
     return result
 
 
 @torch.no_grad()
-def embed_source(model: ArkModel, source, size: int, device, batch_size: int = 64) -> np.ndarray:
-    """Post-projector embeddings ``(N, E)`` of every item (centre crop, frozen model)."""
+def embed_source(
+    model: ArkModel, source, size: int, device, batch_size: int = 64, stats=None
+) -> np.ndarray:
+    """Post-projector embeddings ``(N, E)`` of every item (centre crop, frozen model), normalised
+    with ``stats`` ``(mean, std)`` (None: ImageNet's)."""
+    mean, std = stats or (IMAGENET_MEAN, IMAGENET_STD)
     model.eval().to(device)
     out = []
     for start in range(0, len(source), batch_size):
         images = source.batch(list(range(start, min(start + batch_size, len(source)))))[0]
-        x = normalize(resize_center_crop(images.to(device), eval_resize(size), size))
+        x = normalize(resize_center_crop(images.to(device), eval_resize(size), size), mean, std)
         out.append(model.embed(x).float().cpu().numpy())
     return np.concatenate(out)
 
@@ -214,8 +237,8 @@ def linear_probe(cfg: TransferConfig, run_dir: str | Path, split: str = "test") 
     model = new_task_model(cfg, method.source("train").num_classes)
     device = torch.device("cpu")
     train, test = method.source("train"), method.source(split)
-    x_train = embed_source(model, train, cfg.size, device)
-    x_test = embed_source(model, test, cfg.size, device)
+    x_train = embed_source(model, train, cfg.size, device, stats=method.stats)
+    x_test = embed_source(model, test, cfg.size, device, stats=method.stats)
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     w, b = fit_logistic((x_train - mean) / std, train.target, train.mask, cfg.probe_l2)
     logits = torch.from_numpy((x_test - mean) / std).double() @ w.T + b

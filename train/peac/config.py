@@ -81,9 +81,15 @@ class PopArConfig:
     otherwise the Genesis-2D appearance distortion is applied (order target = identity). The
     ``genesis2d`` defaults are PEAC's: 40 shuffle blocks always, Bézier p 0.9 with 500 samples,
     painting p 0.9 with in-painting 0.2 / out-painting 0.8.
+
+    ``order_on_unshuffled``: the release scores the order head on every sample; on unshuffled
+    crops its target is the identity, which a backbone that can tell a token's place in the
+    crop (ViT position embeddings, or a CNN's zero padding) answers from position alone and
+    thereby learns position codes (issue #18). False scores order on shuffled crops only.
     """
 
     p_shuffle: float = 0.5
+    order_on_unshuffled: bool = True
     genesis2d: Genesis2DConfig = field(default_factory=Genesis2DConfig)
 
 
@@ -93,6 +99,9 @@ class PEACLossConfig:
 
     ``local_weight = 0`` gives PEAC⁻¹. ``bug_compat`` reproduces the release's row/column
     transposition of the overlap masks (METHODS.md §3.3 item 4); False is the correct matching.
+    ``local_kind``: ``"mse"`` is PEAC's local loss; ``"infonce"`` asks each matched token to
+    pick its cell among all cells of the same image's other view (``local_temperature``), an
+    option for short runs where the MSE collapses (issue #18; not in the paper).
     """
 
     order_weight: float = 1.0
@@ -100,6 +109,8 @@ class PEACLossConfig:
     global_weight: float = 1.0e5
     local_weight: float = 1.0
     bug_compat: bool = False
+    local_kind: str = "mse"
+    local_temperature: float = 0.2
 
 
 @dataclass
@@ -142,6 +153,10 @@ class PEACConfig:
             )
         if not 0 <= self.views.max_offset < window:
             raise ConfigError(f"views.max_offset must lie in 0..{window - 1} for crops to overlap")
+        if self.losses.local_kind not in ("mse", "infonce"):
+            raise ConfigError(
+                f"losses.local_kind must be 'mse' or 'infonce', got {self.losses.local_kind!r}"
+            )
         if not 0.0 <= self.popar.p_shuffle <= 1.0:
             raise ConfigError(f"popar.p_shuffle must lie in [0, 1], got {self.popar.p_shuffle}")
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.grid import match_patches
+from kernels.grid import match_patches, overlap_indices
 
 
 def global_loss(
@@ -92,6 +92,57 @@ def local_loss(
     b1, b2 = box1.cpu()[idx].to(dev), box2.cpu()[idx].to(dev)
     a = match_patches(l1s[pick], l2t[pick], b1, b2, bug_compat)
     z = match_patches(l1t[pick], l2s[pick], b1, b2, bug_compat)
+    return 0.5 * (a + z)
+
+
+def dense_infonce(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    box1: torch.Tensor,
+    box2: torch.Tensor,
+    temperature: float,
+    bug_compat: bool = False,
+) -> torch.Tensor:
+    """Dense InfoNCE: each matched token of view 1 must pick its cell among *all* cells of the
+    same image's view 2 (cosine / ``temperature``, cross-entropy).
+
+    Not PEAC's loss (PEAC: the MSE of :func:`local_loss`); the option of the CPU presets, whose
+    MSE collapsed (issue #18). Negatives come only from the same image, so the loss asks for
+    tokens that tell the cells of one film apart, never for different patients to differ.
+
+    Args:
+        q: (B, g, g, D) view-1 embeddings; k: (B, g, g, D) view-2 embeddings (the target side).
+        box1, box2: (B, 2) int64 crop boxes (any device).
+
+    Returns:
+        0-d float32, the mean over every matched token of the batch.
+    """
+    b, h, w, d = q.shape
+    qn = F.normalize(q.float().reshape(b, h * w, d), dim=-1)
+    kn = F.normalize(k.float().reshape(b, h * w, d), dim=-1)
+    rows, targets = [], []
+    for i in range(b):
+        i1, i2 = overlap_indices(box1[i].cpu(), box2[i].cpu(), (h, w), bug_compat)
+        dev = q.device
+        rows.append(qn[i, i1.to(dev)] @ kn[i].T)  # (K, g²)
+        targets.append(i2.to(dev))
+    if not rows:
+        return (q.sum() + k.sum()).float() * 0.0
+    return F.cross_entropy(torch.cat(rows) / temperature, torch.cat(targets))
+
+
+def local_infonce(
+    l1s, l2t, l1t, l2s, box1, box2, keep, temperature: float, bug_compat: bool = False
+) -> torch.Tensor:
+    """:func:`dense_infonce` symmetrised like :func:`local_loss` (student view 1 → teacher view 2
+    and student view 2 → teacher view 1) over the kept (unshuffled) samples."""
+    idx = torch.nonzero(keep.cpu()).flatten()
+    if idx.numel() == 0:
+        return (l1s.sum() + l2s.sum()).float() * 0.0
+    pick = idx.to(l1s.device)
+    b1, b2 = box1.cpu()[idx], box2.cpu()[idx]
+    a = dense_infonce(l1s[pick], l2t[pick], b1, b2, temperature, bug_compat)
+    z = dense_infonce(l2s[pick], l1t[pick], b2, b1, temperature, bug_compat)
     return 0.5 * (a + z)
 
 

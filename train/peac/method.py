@@ -24,6 +24,11 @@ The two student passes run as one batch ``[crop1; crop2]`` and the two teacher p
 so batching changes no value of the single-node losses, only stochastic-depth draws).
 Validation (``ctx=None``) computes the same total loss with the engine's fixed per-batch
 generator, the model in eval mode; ``export_model`` gives the teacher, which PEAC releases.
+``val_metrics`` adds the collapse/correspondence diagnostics of :mod:`train.peac.diagnostics`.
+
+Two options depart from the release, for the CPU preset ``configs/peac/tiny_conv.yaml`` (issue
+#18): ``popar.order_on_unshuffled: false`` (order scored on shuffled crops only) and
+``losses.local_kind: infonce`` (:func:`train.peac.losses.local_infonce` instead of the MSE).
 """
 
 from __future__ import annotations
@@ -37,11 +42,20 @@ from kernels.genesis2d import genesis2d
 from models.peac import PEACModel
 
 from ..cards import peac_card
+from ..engine import step_generator
 from ..teacher import StudentTeacher, cosine_value, unwrap
 from ..views2d import normalize
 from .config import PEACConfig
 from .data import build_source
-from .losses import global_loss, local_loss, order_loss, restore_loss, total_loss
+from .diagnostics import diagnostics
+from .losses import (
+    global_loss,
+    local_infonce,
+    local_loss,
+    order_loss,
+    restore_loss,
+    total_loss,
+)
 from .views import grid_views
 
 
@@ -81,6 +95,7 @@ class PEACBatch:
 
 class PEACMethod:
     wants_context = True
+    DIAG_IMAGES = 16  # validation images the per-epoch diagnostics look at
     # Every student parameter gets a gradient in every step (the local term keeps its graph even
     # when all samples are shuffled), so DDP needs no unused-parameter search.
     ddp_kwargs: dict = {}
@@ -133,6 +148,15 @@ class PEACMethod:
     def momentum(self, global_step: int, total_steps: int) -> float:
         s = self.cfg.schedule
         return cosine_value(s.momentum_start, s.momentum_end, total_steps, global_step)
+
+    def val_metrics(self, net, val_set, device) -> dict:
+        """Collapse and correspondence diagnostics (:mod:`train.peac.diagnostics`) on the
+        first ``DIAG_IMAGES`` validation images with fixed views, logged with every epoch."""
+        n = min(self.DIAG_IMAGES, len(val_set))
+        images = val_set.batch(list(range(n)))
+        images = (images[0] if isinstance(images, tuple) else images).to(device)
+        gen = step_generator(self.cfg.loop.seed, -2, 0)
+        return diagnostics(self, unwrap(net), images, gen)
 
     def after_step(self, model, ctx) -> None:
         total = ctx.epochs * ctx.steps_in_phase  # iterations of the whole run
@@ -205,10 +229,27 @@ class PEACMethod:
         g1s, g2s, l1s, l2s = g_s[:b], g_s[b:], l_s[:b], l_s[b:]
         g2t, g1t, l2t, l1t = g_t[:b], g_t[b:], l_t[:b], l_t[b:]
         return {
-            "order": order_loss(order[:b], p.perm1),
+            "order": self.order_term(order[:b], p),
             "restore": restore_loss(restored[:b], p.target1),
             "global": global_loss(g1s, g2t, g2s, g1t),
-            "local": local_loss(
-                l1s, l2t, l1t, l2s, p.box1, p.box2, ~p.shuffled, self.cfg.losses.bug_compat
-            ),
+            "local": self.local_term(l1s, l2t, l1t, l2s, p),
         }
+
+    def order_term(self, logits: torch.Tensor, p: PEACBatch) -> torch.Tensor:
+        """POPAR's order loss, on every sample (the release) or on shuffled ones only."""
+        if self.cfg.popar.order_on_unshuffled:
+            return order_loss(logits, p.perm1)
+        rows = torch.nonzero(p.shuffled).flatten()
+        if rows.numel() == 0:  # keep the graph (DDP): zero loss, zero gradients
+            return logits.float().sum() * 0.0
+        pick = rows.to(logits.device)
+        return order_loss(logits[pick], p.perm1[pick])
+
+    def local_term(self, l1s, l2t, l1t, l2s, p: PEACBatch) -> torch.Tensor:
+        """The configured local loss (PEAC's MSE, or the dense InfoNCE option)."""
+        w = self.cfg.losses
+        if w.local_kind == "infonce":
+            return local_infonce(
+                l1s, l2t, l1t, l2s, p.box1, p.box2, ~p.shuffled, w.local_temperature, w.bug_compat
+            )
+        return local_loss(l1s, l2t, l1t, l2s, p.box1, p.box2, ~p.shuffled, w.bug_compat)
