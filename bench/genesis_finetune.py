@@ -59,7 +59,7 @@ def pretrain(out: Path, steps_per_epoch: int, epochs: int) -> Path:
     return run
 
 
-def finetune(out: Path, init: str, seed: int, epochs: int, steps: int) -> dict:
+def finetune(out: Path, init: str, seed: int, epochs: int, steps: int, extra=()) -> dict:
     run = out / f"ft_{'genesis' if init != 'scratch' else 'scratch'}_{seed}"
     cfg = load_config(
         FinetuneConfig,
@@ -77,6 +77,7 @@ def finetune(out: Path, init: str, seed: int, epochs: int, steps: int) -> dict:
             "loop.batch_size=4",
             "loop.progress=false",
             "loop.checkpoint_every=1000",
+            *extra,
         ],
     )
     start = time.perf_counter()
@@ -123,13 +124,16 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=30)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="fine-tuning config override (both inits), e.g. "
+                        "task.args.background_cubes_per_volume=8")  # fmt: skip
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     pre = pretrain(args.out, args.pretrain_steps, args.pretrain_epochs)
     results = []
     for seed in args.seeds:
         for init in ("scratch", f"genesis:{pre}"):
-            results.append(finetune(args.out, init, seed, args.epochs, args.steps))
+            results.append(finetune(args.out, init, seed, args.epochs, args.steps, args.overrides))
     print(f"{'init':<8} {'seed':>4} {'cube Dice':>10} {'volume Dice':>12} {'val Dice/epoch'}")
     for r in results:
         curve = " ".join(f"{v:.2f}" for v in r["val_dice"])

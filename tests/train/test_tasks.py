@@ -251,3 +251,23 @@ def test_luna16_negative_subsampling_and_cache(tmp_path):
     assert x[0, 0, 4, 4, 2].item() in [
         pytest.approx((hu + 1000) / 2000) for _, hu, _ in PLANTED[2:]
     ]
+
+
+def test_background_cubes_reach_outside_the_lungs():
+    """``background_cubes_per_volume`` adds cubes centred anywhere (the sliding window's usual
+    view); without it every extra cube is centred in a lung."""
+    from train.finetune.task_data import phantom_xyz, segmentation_cubes
+
+    vol = phantom_xyz(20000, SMALL["phantom_shape"], SMALL["phantom_spacing"], (10.0, 25.0), (1, 3))
+    lungs, size = vol[2], (16, 16, 8)
+
+    def centres_in_lungs(items):
+        return [bool(lungs[tuple(np.asarray(s) + np.asarray(size) // 2)]) for s, _, _ in items]
+
+    rng = np.random.default_rng(0)
+    only_lungs = segmentation_cubes(vol, rng, size, (0, 0, 0), 0, 20)
+    anywhere = segmentation_cubes(vol, rng, size, (0, 0, 0), 0, 0, background_cubes=20)
+    assert len(only_lungs) == len(anywhere) == 20
+    # cubes are moved inside the volume, so a lung centre may shift: most stay in the lungs
+    assert sum(centres_in_lungs(only_lungs)) >= 15
+    assert sum(centres_in_lungs(anywhere)) <= 12

@@ -124,14 +124,20 @@ def _random_voxel(rng: np.random.Generator, where: np.ndarray) -> np.ndarray:
     return coords[rng.integers(len(coords))]
 
 
-def segmentation_cubes(vol, rng, size, jitter, per_nodule: int, random_cubes: int) -> list:
+def segmentation_cubes(
+    vol, rng, size, jitter, per_nodule: int, random_cubes: int, background_cubes: int = 0
+) -> list:
     """``(start, cube, mask cube)`` tuples: ``per_nodule`` jittered cubes around each nodule
-    (kept inside the volume) and ``random_cubes`` cubes centred on random lung voxels."""
+    (kept inside the volume), ``random_cubes`` cubes centred on random lung voxels and
+    ``background_cubes`` centred on random voxels anywhere (body wall, mediastinum, air: what a
+    sliding window over the whole volume mostly sees)."""
     x, mask, lungs, centres = vol
     starts = [
         centred_start(c + _jitter(rng, jitter), size) for c in centres for _ in range(per_nodule)
     ]
     starts += [centred_start(_random_voxel(rng, lungs), size) for _ in range(random_cubes)]
+    anywhere = np.ones_like(lungs)
+    starts += [centred_start(_random_voxel(rng, anywhere), size) for _ in range(background_cubes)]
     starts = [inside_start(s, size, x.shape) for s in starts]
     return [(s, crop(x, s, size), crop(mask, s, size)) for s in starts]
 
@@ -171,6 +177,7 @@ def phantom_split(
     nodule_count,
     cubes_per_nodule: int,
     random_cubes: int,
+    background_cubes: int = 0,
     keep_volumes: bool = False,
 ) -> tuple[ArraySplit, list]:
     """Cubes of the phantoms ``phantom_seeds`` as one split, and (``keep_volumes``) the whole
@@ -181,7 +188,9 @@ def phantom_split(
         vol = phantom_xyz(ps, phantom_shape, phantom_spacing, nodule_diameter_mm, nodule_count)
         rng = np.random.default_rng([seed, ps])
         if kind == "segmentation":
-            items = segmentation_cubes(vol, rng, size, jitter, cubes_per_nodule, random_cubes)
+            items = segmentation_cubes(
+                vol, rng, size, jitter, cubes_per_nodule, random_cubes, background_cubes
+            )
         else:
             items = classification_cubes(vol, rng, size, jitter, cubes_per_nodule)
         if keep_volumes:

@@ -108,13 +108,15 @@ def synthetic_nodule_seg(
     jitter: Sequence[int] | None = None,
     cubes_per_nodule: int = 2,
     random_cubes_per_volume: int = 2,
+    background_cubes_per_volume: int = 0,
     seed: int = 0,
 ) -> Task:
     """Nodule segmentation on phantoms (NCS stand-in).
 
     Per phantom: ``cubes_per_nodule`` cubes around each nodule centre shifted by up to
     ``jitter`` voxels per axis (default ``cube_size // 4``), plus ``random_cubes_per_volume``
-    cubes centred on random lung voxels; cubes are moved inside the volume. The target is the
+    cubes centred on random lung voxels and ``background_cubes_per_volume`` on random voxels
+    anywhere in the volume; cubes are moved inside the volume. The target is the
     nodule mask cube. Phantom seeds: train ``20000 + i``, val ``30000 + i``, test ``40000 + i``
     (plus ``100000 · seed``); ``phantom_shape``/``phantom_spacing`` are ``(D, H, W)`` as for
     ``make_chest_ct``. Each split's ``meta`` holds the phantom ``seed`` and ``start`` (x, y, z)
@@ -132,6 +134,7 @@ def synthetic_nodule_seg(
         nodule_count=nodule_count,
         cubes_per_nodule=cubes_per_nodule,
         random_cubes=random_cubes_per_volume,
+        background_cubes=background_cubes_per_volume,
     )
 
 
