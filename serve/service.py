@@ -25,6 +25,22 @@ log = logging.getLogger("anatomix.serve")
 privacy.install()  # before anything can log an upload's attribute values
 
 
+def _check_settings() -> None:
+    """Read the settings once on import: ``bentoml serve`` imports this module in its own
+    process before it starts workers, so a malformed setting stops the whole server with the
+    message naming it (a check in the worker alone left BentoML's manager running)."""
+    from .limits import ConfigError
+    from .settings import Settings
+
+    try:
+        Settings.from_env()
+    except ConfigError as exc:
+        raise SystemExit(f"anatomix: configuration error: {exc}") from None
+
+
+_check_settings()
+
+
 def _configure_logging(settings) -> None:
     """``anatomix.*`` lines go to stderr beside BentoML's; with ``ANATOMIX_LOG_FORMAT=json`` every
     line of the process (BentoML's request lines included) is one JSON object."""
