@@ -25,20 +25,20 @@ log = logging.getLogger("anatomix.serve")
 privacy.install()  # before anything can log an upload's attribute values
 
 
-def _check_settings() -> None:
-    """Read the settings once on import: ``bentoml serve`` imports this module in its own
+def _read_settings():
+    """The settings, read once on import: ``bentoml serve`` imports this module in its own
     process before it starts workers, so a malformed setting stops the whole server with the
     message naming it (a check in the worker alone left BentoML's manager running)."""
     from .limits import ConfigError
     from .settings import Settings
 
     try:
-        Settings.from_env()
+        return Settings.from_env()
     except ConfigError as exc:
         raise SystemExit(f"anatomix: configuration error: {exc}") from None
 
 
-_check_settings()
+SETTINGS = _read_settings()  # each worker imports this module too: its own copy, read once
 
 
 def _configure_logging(settings) -> None:
@@ -104,9 +104,7 @@ class AnatomixService:
     """DICOM in, predictions out (the routes are in :mod:`serve.app`)."""
 
     def __init__(self) -> None:
-        from .settings import Settings
-
-        settings = Settings.from_env()  # a bad setting stops the start, naming it
+        settings = SETTINGS
         _configure_logging(settings)
         # stopping `bentoml serve` (even with SIGKILL) must not leave this worker running
         die_with_parent(os.getppid())

@@ -29,7 +29,7 @@ def _film(size=64, dots=((20.0, 30.0), (40.0, 12.0))) -> Radiograph:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_varied_film_moves_its_landmarks_with_its_pixels(seed):
     """Each bright dot lands where its landmark was moved (the reference: the brightest pixel
-    near the prediction), masks move along, exposure keeps 0 and 1."""
+    near the prediction), masks move along, and the same draw gives the same film."""
     film = _film()
     out = vary_radiograph(film, np.random.default_rng(seed), Variation(gamma=(1.0, 1.0)))
     for k in range(2):

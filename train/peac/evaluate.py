@@ -53,15 +53,27 @@ class FilmPair:
     names: tuple[str, ...]
 
 
-def _window(load_size: int, window: int, seed: int, rng: np.random.Generator, vary: bool, ct_shape):
-    ct = make_chest_ct(seed, shape=tuple(ct_shape))
-    film = make_radiograph(ct, size=(load_size, load_size))
+def _film(seed: int, load_size: int, vary: bool, ct_shape) -> tuple[np.ndarray, np.ndarray]:
+    """A phantom patient's film at the load size (varied) and its landmarks ``(L, 2)``."""
+    film = make_radiograph(make_chest_ct(seed, shape=tuple(ct_shape)), size=(load_size,) * 2)
     if vary:
         film = vary_radiograph(film, np.random.default_rng([seed, 1]))
-    r, c = (int(v) for v in rng.integers(0, load_size - window + 1, 2))
-    pixels = np.asarray(film.pixels, np.float32)[r : r + window, c : c + window]
-    pts = np.array([np.asarray(film.landmarks[n], float) - (r, c) for n in LANDMARKS])
-    return np.ascontiguousarray(pixels), pts
+    pts = np.array([np.asarray(film.landmarks[n], float) for n in LANDMARKS])
+    return np.asarray(film.pixels, np.float32), pts
+
+
+def _pair(film_a, film_b, window: int, rng: np.random.Generator) -> FilmPair | None:
+    """Each film cut at its own random pixel offset; None when no landmark is in both cuts."""
+    cuts = []
+    for pixels, pts in (film_a, film_b):
+        r, c = (int(v) for v in rng.integers(0, pixels.shape[0] - window + 1, 2))
+        cuts.append((np.ascontiguousarray(pixels[r : r + window, c : c + window]), pts - (r, c)))
+    (a, pa), (b, pb) = cuts
+    inside = np.all((pa >= 0) & (pa <= window - 1) & (pb >= 0) & (pb <= window - 1), axis=1)
+    if not inside.any():
+        return None
+    names = tuple(n for n, ok in zip(LANDMARKS, inside, strict=True) if ok)
+    return FilmPair(a, b, pa[inside], pb[inside], names)
 
 
 def landmark_pairs(
@@ -77,15 +89,16 @@ def landmark_pairs(
     offsets from ``load_size``-px films; only landmarks inside both windows are kept (a pair
     with none left is skipped, so fewer pairs may come back)."""
     rng = np.random.default_rng(seed)
-    out = []
-    for k in range(n_pairs):
-        a, pa = _window(load_size, window, seed + 2 * k, rng, vary, ct_shape)
-        b, pb = _window(load_size, window, seed + 2 * k + 1, rng, vary, ct_shape)
-        inside = np.all((pa >= 0) & (pa <= window - 1) & (pb >= 0) & (pb <= window - 1), axis=1)
-        if inside.any():
-            names = tuple(n for n, ok in zip(LANDMARKS, inside, strict=True) if ok)
-            out.append(FilmPair(a, b, pa[inside], pb[inside], names))
-    return out
+    pairs = (
+        _pair(
+            _film(seed + 2 * k, load_size, vary, ct_shape),
+            _film(seed + 2 * k + 1, load_size, vary, ct_shape),
+            window,
+            rng,
+        )
+        for k in range(n_pairs)
+    )
+    return [p for p in pairs if p is not None]
 
 
 def shifted_pairs(
@@ -99,22 +112,9 @@ def shifted_pairs(
     """Within-patient pairs: one varied film cut twice at windows a random pixel shift apart
     (any shift, so mostly sub-cell offsets against the token grid); landmarks inside both."""
     rng = np.random.default_rng(seed)
-    out = []
-    for k in range(n_pairs):
-        ct = make_chest_ct(seed + k, shape=tuple(ct_shape))
-        film = make_radiograph(ct, size=(load_size, load_size))
-        film = vary_radiograph(film, np.random.default_rng([seed + k, 1]))
-        pixels = np.asarray(film.pixels, np.float32)
-        pts = np.array([np.asarray(film.landmarks[n], float) for n in LANDMARKS])
-        (ra, ca), (rb, cb) = rng.integers(0, load_size - window + 1, (2, 2))
-        a = pixels[ra : ra + window, ca : ca + window]
-        b = pixels[rb : rb + window, cb : cb + window]
-        pa, pb = pts - (ra, ca), pts - (rb, cb)
-        inside = np.all((pa >= 0) & (pa <= window - 1) & (pb >= 0) & (pb <= window - 1), axis=1)
-        if inside.any():
-            names = tuple(n for n, ok in zip(LANDMARKS, inside, strict=True) if ok)
-            out.append(FilmPair(a.copy(), b.copy(), pa[inside], pb[inside], names))
-    return out
+    films = (_film(seed + k, load_size, True, ct_shape) for k in range(n_pairs))
+    pairs = (_pair(f, f, window, rng) for f in films)
+    return [p for p in pairs if p is not None]
 
 
 def save_pairs(path: str | Path, pairs: list[FilmPair]) -> None:
@@ -226,15 +226,18 @@ def bootstrap_interval(values, n: int = 2000, seed: int = 0) -> tuple[float, flo
 
 # ------------------------------------------------------------------------------ a run's models
 def student_from_checkpoint(run_dir: str | Path) -> PEACModel:
-    """The student of a run's newest checkpoint (the engine exports the teacher)."""
+    """The student of the checkpoint ``checkpoints/latest`` names, its checksums verified (the
+    engine exports the teacher)."""
     from models.checkpoint import load_weights
 
-    from ..checkpoints import list_checkpoints
+    from ..checkpoints import verify_checksums
 
-    ckpts = list_checkpoints(Path(run_dir) / "checkpoints")
-    if not ckpts:
+    pointer = Path(run_dir) / "checkpoints" / "latest"  # the newest *complete* checkpoint
+    if not pointer.is_file():
         raise FileNotFoundError(f"{run_dir}: no checkpoint holds a student")
-    state, info = load_weights(ckpts[-1] / "model.safetensors")
+    ckpt = pointer.parent / pointer.read_text().strip()
+    verify_checksums(ckpt)
+    state, info = load_weights(ckpt / "model.safetensors")
     model = PEACModel(**info.model_args)
     own = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
     model.load_state_dict(own, strict=True)
@@ -285,7 +288,7 @@ def evaluate_peac_run(
     pairs = landmark_pairs(
         n_pairs, load_size=cfg.load_size, window=cfg.model.img_size, ct_shape=ct_shape
     )
-    scores = {k: v for k, v in references(pairs, cfg.cell).items()}
+    scores = references(pairs, cfg.cell)
     scores["teacher"] = model_hits(teacher, pairs)
     try:
         scores["student"] = model_hits(student_from_checkpoint(run_dir), pairs)
