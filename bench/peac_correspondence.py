@@ -30,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.seeds import seed_interval  # noqa: E402
 from models.checkpoint import load_model  # noqa: E402
 from train.config import load_config  # noqa: E402
 from train.engine import fit  # noqa: E402
@@ -53,16 +54,6 @@ ARMS = {
     "peac": [],
     "peac_mse": ["losses.local_kind=mse"],  # the release's local loss in the same preset
 }
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
-
-
-def seed_interval(values) -> tuple[float, float, float]:
-    """Mean and the t-interval (95 %) over seeds."""
-    v = np.asarray(values, float)
-    if len(v) < 2:
-        return float(v.mean()), float("nan"), float("nan")
-    half = T95.get(len(v) - 1, 1.96) * v.std(ddof=1) / np.sqrt(len(v))
-    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
 
 
 def config(path: Path, seed: int, cache: Path, extra) -> PEACConfig:

@@ -9,6 +9,7 @@
     python -m train.run transfer --init ark:runs/ark-tiny --config configs/ark/transfer_tiny.yaml \
         [--mode finetune|probe]
     python -m train.run evaluate --run-dir runs/finetune-... [--split test] [--ten-crop]
+        [--calibrate]
     torchrun --nproc_per_node=2 -m train.run pretrain ...   # DistributedDataParallel
 """
 
@@ -105,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--no-probe", action="store_true", help="PEAC: skip the linear probe (~3 CPU minutes)"
     )
+    ev.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="3D segmentation: first choose the whole-volume threshold with the best Dice on "
+        "the validation volumes and write it into the run's best weights (the threshold an "
+        "export of the run serves), then score",
+    )
     return parser
 
 
@@ -163,9 +171,15 @@ def _evaluate(args) -> dict:
         from .ark.evaluate import evaluate_ark_run
 
         return evaluate_ark_run(args.run_dir, args.split, ten_crop=args.ten_crop)
-    from .finetune.evaluate import evaluate_run
+    from .finetune.evaluate import calibrate_threshold, evaluate_run
 
-    return evaluate_run(args.run_dir, args.split)
+    if not args.calibrate:
+        return evaluate_run(args.run_dir, args.split)
+    try:
+        calibration = calibrate_threshold(args.run_dir)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return evaluate_run(args.run_dir, args.split) | {"calibration": calibration}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,6 +117,18 @@ def _tiny(tmp_path, overrides=()):
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # renders 640 phantom films, then ~240 steps: minutes on 2 loaded cores
 def test_tiny_run_learns_and_resumes_identically(tmp_path):
+    # Two rounds leave the teacher barely past chance, and where it lands moves with the thread
+    # count (same seed, 2-core machine: val mean AUROC 0.609 on one thread, 0.532 on two), so
+    # the run is pinned to one thread: the same figure on every CI machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _learns_and_resumes(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _learns_and_resumes(tmp_path):
     cfg = _tiny(tmp_path)
     full = tmp_path / "full"
     fit(ArkMethod(cfg, full), full)

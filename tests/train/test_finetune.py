@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import train.finetune.evaluate as ev
 from models.checkpoint import load_weights, save_weights
 from models.registry import build_model
 from train.config import dump_config, load_config
@@ -67,7 +68,7 @@ def test_genesis_init_loads_unet_and_classifier_encoder(pretrained):
 
 
 @pytest.mark.parametrize("task", ["synthetic_nodule_seg", "synthetic_nodule_cls"])
-def test_short_finetune_and_evaluate(tmp_path, task, pretrained):
+def test_short_finetune_and_evaluate(tmp_path, task, pretrained, monkeypatch):
     cfg = load_config(
         FinetuneConfig,
         ROOT / "configs/genesis/finetune_tiny.yaml",
@@ -83,6 +84,23 @@ def test_short_finetune_and_evaluate(tmp_path, task, pretrained):
         assert 0.0 <= result[key] <= 1.0
     records = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any(keys[0] in r for r in records if "val_loss" in r)
+    if task.endswith("cls"):
+        with pytest.raises(ValueError, match="no validation volumes"):
+            ev.calibrate_threshold(tmp_path)
+        return
+    # Calibration on hand-made validation volumes: nodule voxels at 0.3, background at 0.2 or
+    # less, so only 0.25 and 0.30 give Dice 1 and the tie goes to the one nearer 0.5.
+    assert result["threshold"] == 0.5 and len(method.task.volumes_val) >= 1
+    mask = torch.zeros(1, 1, 8, 8, 8, dtype=torch.bool)
+    mask[..., 2:4, 2:4, 2:4] = True
+    probs = torch.where(mask, 0.3, torch.linspace(0, 0.2, 512).reshape(1, 1, 8, 8, 8))
+    monkeypatch.setattr(ev, "volume_probabilities", lambda *a: [(probs, mask)] * 2)
+    calibration = ev.calibrate_threshold(tmp_path)
+    assert calibration["threshold"] == 0.3 and calibration["val_volume_dice"] == 1.0
+    assert calibration["grid"]["0.35"] == 0.0
+    _, info = load_weights(tmp_path / "model.safetensors")
+    assert info.metadata["inference"]["threshold"] == 0.3  # what an export serves
+    assert evaluate_run(tmp_path, "test")["threshold"] == 0.3
 
 
 def test_cli_help_lists_commands():

@@ -36,12 +36,16 @@ def apply_missing(target: np.ndarray, mask: np.ndarray, policy: str):
 
 
 class ArraySource:
-    """Images already in memory (or a memmap) at the load size."""
+    """Images already in memory (or a memmap) at the load size; ``truth``: the clean labels
+    where the data has them (synthetic sources), else None."""
 
-    def __init__(self, name, images, target, mask, head, label_names, task="multilabel") -> None:
+    def __init__(
+        self, name, images, target, mask, head, label_names, task="multilabel", truth=None
+    ) -> None:
         self.name, self.head, self.task = name, head, task
         self.images, self.target, self.mask = images, target, mask
         self.label_names = tuple(label_names)
+        self.truth = None if truth is None else np.asarray(truth, np.float32)
 
     @property
     def num_classes(self) -> int:
@@ -114,7 +118,9 @@ def _synthetic_source(ds: ArkDatasetConfig, head: int, split: str, kwargs, size,
     images = cached.images
     if images.shape[-2:] != (size, size):
         images = resize_square(torch.from_numpy(np.asarray(images))[:, None], size)[:, 0].numpy()
-    return ArraySource(ds.head_name, images, target, mask, head, cached.label_names, ds.task)
+    return ArraySource(
+        ds.head_name, images, target, mask, head, cached.label_names, ds.task, cached.truth
+    )
 
 
 def build_source(ds: ArkDatasetConfig, head: int, split: str, data: ArkDataConfig, cache, show):

@@ -75,17 +75,28 @@ def score_probs(probs: np.ndarray, target: np.ndarray, mask: np.ndarray, names, 
     return result
 
 
+def score_source(probs: np.ndarray, source) -> dict:
+    """:func:`score_probs` of ``probs`` against ``source``'s own labels; where the source knows
+    the clean labels (synthetic data), also against those under ``"truth"``."""
+    result = score_probs(
+        probs, np.asarray(source.target), np.asarray(source.mask), source.label_names, source.task
+    )
+    truth = getattr(source, "truth", None)
+    if truth is not None:
+        result["truth"] = score_probs(
+            probs, truth, np.ones_like(truth), source.label_names, source.task
+        )
+    result["n"] = len(source)
+    return result
+
+
 def score_sources(model, sources, device, *, size: int, ten_crop: bool = False, stats=None) -> dict:
     """``{"datasets": {head name: scores}, "mean_auroc": mean over datasets}`` (``stats`` as in
     :func:`predict`)."""
     per = {}
     for source in sources:
         probs = predict(model, source, device, size=size, ten_crop_test=ten_crop, stats=stats)
-        per[source.name] = score_probs(
-            probs, np.asarray(source.target), np.asarray(source.mask), source.label_names,
-            source.task,
-        )  # fmt: skip
-        per[source.name]["n"] = len(source)
+        per[source.name] = score_source(probs, source)
     means = [r["mean_auroc"] for r in per.values() if not math.isnan(r["mean_auroc"])]
     return {"datasets": per, "mean_auroc": float(np.mean(means)) if means else math.nan}
 

@@ -36,7 +36,7 @@ from ..views2d import (
 )
 from .config import ArkDataConfig, ArkDatasetConfig, ArkModelConfig
 from .data import build_source, eval_resize
-from .evaluate import score_probs, score_sources
+from .evaluate import score_source, score_sources
 from .method import masked_bce
 
 
@@ -243,7 +243,7 @@ def linear_probe(cfg: TransferConfig, run_dir: str | Path, split: str = "test") 
     w, b = fit_logistic((x_train - mean) / std, train.target, train.mask, cfg.probe_l2)
     logits = torch.from_numpy((x_test - mean) / std).double() @ w.T + b
     probs = logits.sigmoid().numpy()
-    scores = score_probs(probs, test.target, test.mask, test.label_names, test.task)
+    scores = score_source(probs, test)
     result = {"mode": "probe", "init": cfg.init, "split": split, "n_train": len(train),
               "n_test": len(test), **scores}  # fmt: skip
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,7 @@ class Task:
         cube_size: ``(X, Y, Z)`` model input size.
         volumes_test: segmentation only, optional: whole test volumes ``(x (1, X, Y, Z),
             mask (1, X, Y, Z))`` float32 tensors for sliding-window evaluation.
+        volumes_val: the same for the validation phantoms (choosing a whole-volume threshold).
         meta: free-form description (parameters, sources).
     """
 
@@ -63,6 +64,7 @@ class Task:
     cube_size: tuple[int, int, int]
     volumes_test: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    volumes_val: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
 
 def _phantom_seeds(split: str, n: int, seed: int) -> list[int]:
@@ -79,10 +81,11 @@ def _synthetic(kind: str, counts: dict, cube_size, jitter, seed: int, **kw) -> T
     for split, n in counts.items():
         seeds = _phantom_seeds(split, n, seed)
         splits[split] = phantom_split(
-            kind, seeds, seed, size, jit, keep_volumes=split == "test", **kw
+            kind, seeds, seed, size, jit, keep_volumes=split in ("val", "test"), **kw
         )
     name = "synthetic_nodule_seg" if kind == "segmentation" else "synthetic_nodule_cls"
     test, volumes_test = splits["test"]
+    volumes_val = splits["val"][1] if kind == "segmentation" else []
     params = {k: v for k, v in kw.items() if k.startswith(("phantom", "nodule"))}
     return Task(
         name,
@@ -93,6 +96,7 @@ def _synthetic(kind: str, counts: dict, cube_size, jitter, seed: int, **kw) -> T
         size,
         volumes_test if kind == "segmentation" else [],
         {**params, "jitter": jit, "seed": seed},
+        volumes_val,
     )
 
 
