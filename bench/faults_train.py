@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 from models.checkpoint import load_torch_file, load_weights
-from train.checkpoints import FAULT_ENV, checkpoint_key, verify_checksums
+from train.checkpoints import checkpoint_key, verify_checksums
 
 ROOT = Path(__file__).resolve().parents[1]
 KEEP = 2  # loop.keep_checkpoints of the run (the default)
@@ -79,7 +79,7 @@ def command(run: Path, cache: Path, epochs: int, resume: bool) -> list[str]:
 
 
 def launch(cmd: list[str], log: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV} | {"OMP_NUM_THREADS": "1"}
+    env = dict(os.environ) | {"OMP_NUM_THREADS": "1"}
     with open(log, "ab") as f:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
 

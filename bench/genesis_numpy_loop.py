@@ -1,6 +1,6 @@
 """A per-cube NumPy baseline with the structure of the published Models Genesis data pipeline.
 
-Written from the published description (METHODS.md §1.2), not from its code: each cube is
+Written from the published description (docs/METHODS.md §1.2), not from its code: each cube is
 transformed on its own with Python loops — flips, 10,000 block shuffles read from the original
 cube, a 100,000-point Bézier curve applied with ``np.interp``, painting box by box. It exists only
 as the baseline of ``kernels/bench.py`` (same transform probabilities as the batched paths).

@@ -74,17 +74,16 @@ def time_steps(name: str, kernels: str, amp: str, args) -> dict:
         for i in range(total):
             sync()
             start = time.perf_counter()
+            ctx = StepContext(
+                epoch=0, phase=0, step_in_phase=i, steps_in_phase=total, global_step=i,
+                epochs=1, phases=1,
+            )  # fmt: skip
             with autocast:
-                loss = method.loss(model, batches[i % 4], step_generator(0, i))
+                loss = method.loss(model, batches[i % 4], step_generator(0, i), ctx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if hasattr(method, "after_step"):  # the engine's hook: PEAC's EMA teacher update
-                ctx = StepContext(
-                    epoch=0, phase=0, step_in_phase=i, steps_in_phase=total, global_step=i,
-                    epochs=1, phases=1,
-                )  # fmt: skip
-                method.after_step(model, ctx)
+            method.after_step(model, ctx)  # the engine's hook: PEAC's EMA teacher update
             sync()
             if i >= args.warmup:
                 times.append(time.perf_counter() - start)

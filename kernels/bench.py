@@ -81,6 +81,61 @@ def _apply_only(dev: torch.Tensor, cfg: GenesisTransformConfig, calls: int):
     return run
 
 
+def transform_rates(
+    batch: int, shape: tuple[int, int, int], repeat: int, baseline_cubes: int
+) -> tuple[list[tuple[str, float]], list[str]]:
+    """Genesis transforms in cubes/s on every path this machine has, NumPy loop first (the
+    baseline), as ``(rows of (path, rate), notes)``."""
+    cfg = GenesisTransformConfig()
+    cubes = torch.rand((batch, 1, *shape))
+    rows = []
+
+    loop = _baseline()
+    small = cubes[:baseline_cubes].numpy().astype(np.float64)
+    t = _best(lambda: loop(small, seed=0), 1)
+    rows.append(("(a) NumPy per-cube loop, CPU", baseline_cubes / t))
+    gen = torch.Generator().manual_seed(0)
+    t = _best(_forced("torch", lambda: transform_batch(cubes, cfg, gen)), repeat)
+    rows.append(("(b) PyTorch reference, CPU, batched", batch / t))
+    if numba_available():
+        t = _best(_forced("numba", lambda: transform_batch(cubes, cfg, gen)), repeat)
+        rows.append(("(b2) Numba CPU kernel (compiled, parallel over cubes)", batch / t))
+    else:
+        rows.append(("(b2) Numba CPU kernel: numba is not installed", float("nan")))
+
+    gbs = []
+    if torch.cuda.is_available():
+        t = _best(lambda: sample_genesis_params(cubes.shape, cfg, gen), repeat)
+        rows.append(("(s) drawing the parameters alone, CPU", batch / t))
+        dev = cubes.cuda()
+        sync = torch.cuda.synchronize
+        t = _best(_forced("torch", lambda: transform_batch(dev, cfg, gen)), repeat, sync)
+        rows.append(("(c) PyTorch reference, GPU", batch / t))
+        try:
+            t = _best(_forced("triton", lambda: transform_batch(dev, cfg, gen)), repeat, sync)
+            rows.append(("(d) Triton kernel, GPU", batch / t))
+            for label, path in (
+                ("(c2) PyTorch reference", "torch"),
+                ("(d2) Triton kernel", "triton"),
+            ):
+                t = _best(_forced(path, _apply_only(dev, cfg, repeat + 1)), repeat, sync)
+                rows.append((f"{label}, GPU, apply only", batch / t))
+            moved = 4 * dev.numel() * dev.element_size()  # cube + noise in, x + y out
+            copy_t = _best(lambda: dev.clone(), repeat, sync)
+            copy_gbs = 2 * dev.numel() * dev.element_size() / copy_t / 1e9
+            gbs = [
+                f"(d2) {moved / t / 1e9:.1f} GB/s for the bytes the op must move (cubes and noise "
+                f"in, x and y out; the permutation table excluded); device copy {copy_gbs:.1f} "
+                f"GB/s ({moved / t / 1e9 / copy_gbs:.0%})"
+            ]
+        except RuntimeError as exc:
+            rows.append((f"(d) Triton kernel unavailable: {exc}", float("nan")))
+    else:
+        rows.append(("(c)/(d) GPU paths: no CUDA device on this machine", float("nan")))
+
+    return rows, gbs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
@@ -93,66 +148,24 @@ def main() -> None:
         help="cubes timed for the slow NumPy loop (its rate is per cube)",
     )
     args = parser.parse_args()
-    cfg = GenesisTransformConfig()
-    shape = (args.batch, 1, *args.shape)
-    cubes = torch.rand(shape)
-    rows = []
-
-    loop = _baseline()
-    small = cubes[: args.baseline_cubes].numpy().astype(np.float64)
-    t = _best(lambda: loop(small, seed=0), 1)
-    rows.append(("(a) NumPy per-cube loop, CPU", args.baseline_cubes / t))
-    gen = torch.Generator().manual_seed(0)
-    t = _best(_forced("torch", lambda: transform_batch(cubes, cfg, gen)), args.repeat)
-    rows.append(("(b) PyTorch reference, CPU, batched", args.batch / t))
-    if numba_available():
-        t = _best(_forced("numba", lambda: transform_batch(cubes, cfg, gen)), args.repeat)
-        rows.append(("(b2) Numba CPU kernel (compiled, parallel over cubes)", args.batch / t))
-    else:
-        rows.append(("(b2) Numba CPU kernel: numba is not installed", float("nan")))
-
-    gbs = []
-    if torch.cuda.is_available():
-        t = _best(lambda: sample_genesis_params(cubes.shape, cfg, gen), args.repeat)
-        rows.append(("(s) drawing the parameters alone, CPU", args.batch / t))
-        dev = cubes.cuda()
-        sync = torch.cuda.synchronize
-        t = _best(_forced("torch", lambda: transform_batch(dev, cfg, gen)), args.repeat, sync)
-        rows.append(("(c) PyTorch reference, GPU", args.batch / t))
-        try:
-            t = _best(_forced("triton", lambda: transform_batch(dev, cfg, gen)), args.repeat, sync)
-            rows.append(("(d) Triton kernel, GPU", args.batch / t))
-            for label, path in (
-                ("(c2) PyTorch reference", "torch"),
-                ("(d2) Triton kernel", "triton"),
-            ):
-                t = _best(_forced(path, _apply_only(dev, cfg, args.repeat + 1)), args.repeat, sync)
-                rows.append((f"{label}, GPU, apply only", args.batch / t))
-            moved = 4 * dev.numel() * dev.element_size()  # cube + noise in, x + y out
-            copy_t = _best(lambda: dev.clone(), args.repeat, sync)
-            copy_gbs = 2 * dev.numel() * dev.element_size() / copy_t / 1e9
-            gbs = [
-                f"(d2) {moved / t / 1e9:.1f} GB/s for the bytes the op must move (cubes and noise "
-                f"in, x and y out; the permutation table excluded); device copy {copy_gbs:.1f} "
-                f"GB/s ({moved / t / 1e9 / copy_gbs:.0%})"
-            ]
-        except RuntimeError as exc:
-            rows.append((f"(d) Triton kernel unavailable: {exc}", float("nan")))
-    else:
-        rows.append(("(c)/(d) GPU paths: no CUDA device on this machine", float("nan")))
-
+    rows, notes = transform_rates(args.batch, tuple(args.shape), args.repeat, args.baseline_cubes)
     base = rows[0][1]
     print(f"Genesis transforms, cubes {tuple(args.shape)}, batch {args.batch}")
     print(f"{'path':<54} {'cubes/s':>10} {'× (a)':>8}")
     for name, rate in rows:
         print(f"{name:<54} {rate:>10.1f} {rate / base:>8.1f}")
-    for line in gbs:
+    for line in notes:
         print(line)
-    bench_grid(args.batch, args.repeat)
+    grid = grid_rates(args.batch, args.repeat)
+    print(f"\nPEAC grid matching fwd+bwd, batch {args.batch}, 14×14×1024 tokens per view")
+    print(f"{'path':<54} {'samples/s':>10} {'× ref CPU':>10}")
+    for name, rate in grid:
+        print(f"{name:<54} {rate:>10.1f} {rate / grid[0][1]:>10.2f}")
 
 
-def bench_grid(batch: int, repeat: int) -> None:
-    """PEAC grid matching, forward + backward: 14×14 token maps of 1024 channels per view."""
+def grid_rates(batch: int, repeat: int) -> list[tuple[str, float]]:
+    """PEAC grid matching, forward + backward, in samples/s per path (CPU reference first):
+    14×14 token maps of 1024 channels per view."""
     gen = torch.Generator().manual_seed(0)
     tokens1 = torch.rand(batch, 14, 14, 1024, generator=gen)
     tokens2 = torch.rand(batch, 14, 14, 1024, generator=gen)
@@ -177,10 +190,7 @@ def bench_grid(batch: int, repeat: int) -> None:
         )
     else:
         rows.append(("GPU paths: no CUDA device on this machine", float("nan")))
-    print(f"\nPEAC grid matching fwd+bwd, batch {batch}, 14×14×1024 tokens per view")
-    print(f"{'path':<54} {'samples/s':>10} {'× ref CPU':>10}")
-    for name, rate in rows:
-        print(f"{name:<54} {rate:>10.1f} {rate / rows[0][1]:>10.2f}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Zhou et al., "Models Genesis", MICCAI 2019 / MedIA 67:101840 (2021), arXiv:2004.07882; official
 code MrGiovanni/ModelsGenesis (``pytorch/utils.py: generate_pair``). Written from the published
-behaviour (METHODS.md section 1.2), not copied.
+behaviour (docs/METHODS.md section 1.2), not copied.
 
 Per cube of shape (1, H, W, D), values in [0, 1], depth last, in this order:
 

@@ -1,9 +1,9 @@
 """PEAC's 2D Models Genesis appearance distortion, batched: config, parameters, reference, op.
 
-PEAC (POPAR branch (a), "shuffle=0": METHODS.md section 3.3 item 5) distorts crop1 with a 2D port
-of the Models Genesis transforms (Zhou et al., MICCAI 2019 / MedIA 2021, arXiv:2004.07882; METHODS
-section 1.2). Written from the published behaviour, not copied. Per image of shape (C, H, W)
-(C = 3 in PEAC), values in [0, 1], in this order:
+PEAC (POPAR branch (a), "shuffle=0": docs/METHODS.md section 3.3 item 5) distorts crop1 with a 2D
+port of the Models Genesis transforms (Zhou et al., MICCAI 2019 / MedIA 2021, arXiv:2004.07882;
+docs/METHODS.md section 1.2). Written from the published behaviour, not copied. Per image of shape
+(C, H, W) (C = 3 in PEAC), values in [0, 1], in this order:
 
 1. local pixel shuffling, **always**, with exactly ``blocks`` (40) blocks: each block is
    randint(1, H//10) x randint(1, W//10) (inclusive ends, as the 3D code) at a position fully

@@ -2,7 +2,7 @@
 
 PEAC: Zhou, Luo, Pang, Ding, Gotway, Liang, "Learning Anatomically Consistent Embedding for Chest
 Radiography", BMVC 2023, arXiv:2312.00335; official code jlianglab/PEAC. Written from the published
-behaviour (METHODS.md sections 3.3-3.4), not from the official code.
+behaviour (docs/METHODS.md sections 3.3-3.4), not from the official code.
 
 Two views are h x w token windows (14 x 14 in PEAC) cut from one shared grid of cells (18 x 18 of
 32 px) at grid offsets ``box = (row0, col0)`` (0..4 in PEAC). Cells in both windows are identical
@@ -11,8 +11,8 @@ describe the same anatomy: no interpolation is needed. :func:`match_patches` is 
 matched tokens of the two views; :func:`match_patches_bilinear` is the general case, where view-1
 cells map to continuous positions in view 2.
 
-The official transposition bug (METHODS.md 3.3 item 4): the crop uses ``x`` as the row offset, but
-the overlap masks index rows with the y-range and columns with the x-range. ``bug_compat=True``
+The official transposition bug (docs/METHODS.md 3.3 item 4): the crop uses ``x`` as the row offset,
+but the overlap masks index rows with the y-range and columns with the x-range. ``bug_compat=True``
 reproduces it; the k-th selected tokens then lie on the same grid cell only when
 ``x1 - y1 == x2 - y2``. It equals correct matching with each box's (row, col) swapped, which is how
 the kernel path runs it (square windows only).

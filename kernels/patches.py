@@ -4,7 +4,7 @@ PEAC: Zhou, Luo, Pang, Ding, Gotway, Liang, "Learning Anatomically Consistent Em
 Radiography", BMVC 2023, arXiv:2312.00335; official code jlianglab/PEAC. Its POPAR branch shuffles
 the 14x14 = 196 patches (32x32 px for 448 input, 16x16 for 224) of a crop and asks the network to
 predict each token's original index and to restore the ordered crop. Written from the published
-behaviour (METHODS.md section 3.3 item 5), not from the official code.
+behaviour (docs/METHODS.md section 3.3 item 5), not from the official code.
 
 Tiles are numbered row-major: tile ``t`` of an (H, W) image with ``nw = W // patch`` tiles per row
 covers rows ``(t // nw) * patch ...`` and columns ``(t % nw) * patch ...``. Then

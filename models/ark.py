@@ -4,7 +4,7 @@ Paper: Ma, Pang, Gotway, Liang, "Foundation Ark: Accruing and Reusing Knowledge 
 Robust Performance", MICCAI 2023, arXiv:2310.09507. Original code:
 https://github.com/jlianglab/Ark (``models.py``, written for timm 0.5.4).
 
-Written from the description in METHODS.md §2.1, not copied. Ark pools the backbone's last
+Written from the description in docs/METHODS.md §2.1, not copied. Ark pools the backbone's last
 feature map (F values: 1024 for Swin-B), maps it through a projector to the shared embedding
 (1376 values), and puts one linear head per pretraining dataset ("omni heads") on top. Module
 names give the released key names once the backbone's keys carry a ``backbone.`` prefix::

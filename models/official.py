@@ -396,7 +396,7 @@ def _import_ark(
 
 #: (width, depth) of a ViT → the timm name's variant part.
 _VIT_VARIANTS = {(192, 12): "tiny", (384, 12): "small", (768, 12): "base", (1024, 24): "large"}
-#: Input size of PEAC's Swin release (METHODS.md §3.2), used when the file does not tell.
+#: Input size of PEAC's Swin release (docs/METHODS.md §3.2), used when the file does not tell.
 _PEAC_SWIN_IMG_SIZE = 448
 
 

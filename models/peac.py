@@ -2,8 +2,8 @@
 
 Paper: Zhou, Luo, Pang, Ding, Gotway, Liang, "Learning Anatomically Consistent Embedding for Chest
 Radiography", BMVC 2023, arXiv:2312.00335. Original code: https://github.com/jlianglab/PEAC
-(``PEC_Model`` in ``global_local_popar_swin.py``). Written from the description in METHODS.md §3.2,
-not copied.
+(``PEC_Model`` in ``global_local_popar_swin.py``). Written from the description in
+docs/METHODS.md §3.2, not copied.
 
 The backbone's final, normalised token map ``(B, g, g, C)`` (g = 14 and C = 1024 for Swin-B at
 448 px; each token covers a ``cell`` = 32-px square of the input) feeds four parts whose names
@@ -42,7 +42,7 @@ from kernels.patches import shuffle_patches
 from .ark import _create_backbone
 
 #: PEAC's intensity normalisation of [0, 1] images (``Normalize(mean 0.5056, std 0.252)`` in
-#: jlianglab/PEAC ``utils/build_loader_global_local.py``; METHODS.md §3.3 item 5).
+#: jlianglab/PEAC ``utils/build_loader_global_local.py``; docs/METHODS.md §3.3 item 5).
 PEAC_MEAN = 0.5056
 PEAC_STD = 0.252
 

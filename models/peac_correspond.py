@@ -119,8 +119,44 @@ def draw_matches(
     return fig
 
 
+def match_files(
+    image_a: Path,
+    image_b: Path,
+    weights: Path,
+    points=None,
+    device: str = "cpu",
+    height: int = 512,
+):
+    """Match ``points`` of radiograph A (pixels of its original size; default a 5x5 grid over its
+    model crop) to radiograph B with the PEAC model in ``weights``.
+
+    Returns:
+        ``(figure, points_a, points_b, cosine)``: the side-by-side PIL figure, the points, their
+        matches in B and each match's cosine similarity (NaN outside A's crop).
+
+    Raises:
+        InputError: an image that cannot be read, or weights that are not a PEAC model.
+    """
+    from .checkpoint import CheckpointError, load_model
+    from .peac import PEACModel, correspond
+
+    image_a, image_b = read_radiograph(image_a), read_radiograph(image_b)
+    try:
+        model = load_model(weights)
+    except (CheckpointError, OSError, KeyError) as exc:
+        raise InputError(f"{weights}: cannot load the model ({exc})") from None
+    if not isinstance(model, PEACModel):
+        raise InputError(f"{weights}: holds a {type(model).__name__}, not a PEAC model")
+    corr = correspond(model, image_a, image_b, device=device)
+    points_a = np.array(points, dtype=np.float64) if points else default_points(corr)
+    points_b, sim = corr.query(points_a)
+    fig = draw_matches(image_a, image_b, points_a, points_b, sim, height=height)
+    return fig, points_a, points_b, sim
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse the arguments, match, write the figure; exit status 1 on unusable inputs."""
+    """The command line around :func:`match_files`: write the figure and print the matches;
+    exit status 1 on unusable inputs."""
     parser = argparse.ArgumentParser(
         prog="python -m models.peac_correspond",
         description="Match points of radiograph A to radiograph B with a PEAC model (nearest "
@@ -142,27 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--height", type=int, default=512, help="figure height in pixels")
     args = parser.parse_args(argv)
-
-    from .checkpoint import CheckpointError, load_model
-    from .peac import PEACModel, correspond
-
     try:
-        image_a = read_radiograph(args.image_a)
-        image_b = read_radiograph(args.image_b)
-        try:
-            model = load_model(args.weights)
-        except (CheckpointError, OSError, KeyError) as exc:
-            raise InputError(f"{args.weights}: cannot load the model ({exc})") from None
-        if not isinstance(model, PEACModel):
-            raise InputError(f"{args.weights}: holds a {type(model).__name__}, not a PEAC model")
+        fig, points_a, points_b, sim = match_files(
+            args.image_a, args.image_b, args.weights, args.points, args.device, args.height
+        )
     except InputError as exc:
         print(f"peac_correspond: {exc}", file=sys.stderr)
         return 1
-
-    corr = correspond(model, image_a, image_b, device=args.device)
-    points_a = np.array(args.points, dtype=np.float64) if args.points else default_points(corr)
-    points_b, sim = corr.query(points_a)
-    fig = draw_matches(image_a, image_b, points_a, points_b, sim, height=args.height)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.save(args.out, format="PNG")
     print("A (row, col) -> B (row, col)  cosine")

@@ -5,8 +5,8 @@ Autodidactic Models for 3D Medical Image Analysis", MICCAI 2019; extended in Med
 67:101840 (2021), arXiv:2004.07882. Original code: https://github.com/MrGiovanni/ModelsGenesis
 (``pytorch/unet3d.py``, itself adapted from mattmacy/vnet.pytorch).
 
-Written from the description in METHODS.md §1.1, not copied. Module names are chosen so that the
-``state_dict`` keys equal those of the released ``Genesis_Chest_CT.pt`` once its ``module.``
+Written from the description in docs/METHODS.md §1.1, not copied. Module names are chosen so that
+the ``state_dict`` keys equal those of the released ``Genesis_Chest_CT.pt`` once its ``module.``
 (DataParallel) prefix is stripped::
 
     down_tr{64,128,256,512}.ops.{0,1}.conv1.{weight,bias}

@@ -15,7 +15,9 @@ Each fenced ``bash``/``python`` block must be preceded by a tag line (a hidden H
   parser, stopped before it does any work, so a renamed flag or module fails; Python blocks are
   compiled. Other commands must be in :data:`CHECKED_ELSEWHERE` (run by CI or a named test).
 
-An untagged block fails the check. ``make test`` runs this script after the suite.
+An untagged block fails the check, and so does a relative link in README.md, docs/,
+bench/RESULTS.md or SECURITY.md that does not resolve inside the repository. ``make test`` runs
+this script after the suite.
 """
 
 from __future__ import annotations
@@ -196,6 +198,34 @@ def run_block(block: Block, work: Path, env: dict) -> str | None:
     return None
 
 
+#: Markdown files whose relative links must resolve inside the repository.
+LINKED_DOCS = ("README.md", "docs/*.md", "bench/RESULTS.md", "SECURITY.md")
+#: ``[text](target)`` and ``![alt](target)``; the target ends at a space (a title) or ``)``.
+LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+[^)]*)?\)")
+
+
+def check_links(root: Path = ROOT) -> list[str]:
+    """Every relative link of :data:`LINKED_DOCS` that does not resolve to a file or directory
+    inside ``root`` (external ``scheme:`` links and ``#anchors`` are not checked)."""
+    problems = []
+    for pattern in LINKED_DOCS:
+        for doc in sorted(root.glob(pattern)):
+            in_code = False
+            for n, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1):
+                if FENCE.match(line.strip()) or line.strip().startswith("```"):
+                    in_code = not in_code
+                if in_code:
+                    continue
+                for target in LINK.findall(re.sub(r"`[^`]*`", "", line)):
+                    if re.match(r"[a-zA-Z][\w+.-]*:", target) or target.startswith("#"):
+                        continue
+                    path = (doc.parent / target.split("#")[0]).resolve()
+                    if not path.is_relative_to(root.resolve()) or not path.exists():
+                        where = "outside the repository" if path.exists() else "missing"
+                        problems.append(f"{doc.relative_to(root)}:{n}: link {target} is {where}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--parse-batch"]:
@@ -209,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     found = blocks(args.readme.read_text(encoding="utf-8"))
     problems = [f"block at line {b.line} ({b.lang}) has no docs-check tag" for b in found
                 if not b.mode and b.lang in ("bash", "sh", "python")]  # fmt: skip
+    links = check_links()
+    print(f"relative links: {'ok' if not links else f'{len(links)} broken'}", flush=True)
+    problems += links
     work = args.keep or Path(tempfile.mkdtemp(prefix="anatomix-docs-"))
     work.mkdir(parents=True, exist_ok=True)
     for name in ("configs", "scripts"):

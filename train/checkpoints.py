@@ -38,7 +38,6 @@ import math
 import os
 import re
 import shutil
-import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -67,25 +66,9 @@ class Progress:
     finished: bool = False
 
 
-#: Test-only fault injection (see ``tests/train/test_faults.py``): with
-#: ``ANATOMIX_FAULT_KILL_IN_SAVE=<step>`` the process SIGKILLs itself while writing the checkpoint
-#: of global step ``<step>``, once ``model.safetensors`` is in the temporary directory and before
-#: ``state.pt``; with ``<step>:renamed``, after the directory is renamed into place and before
-#: ``latest`` names it. Unset (always, outside tests), it costs one environment lookup per
-#: checkpoint.
-FAULT_ENV = "ANATOMIX_FAULT_KILL_IN_SAVE"
-
 CHECKSUMS = "checksums.json"
 _CKPT_FILES = ("model.safetensors", "state.pt")
 _CKPT_NAME = re.compile(r"step_(\d+)(?:_(\d+))?")
-
-
-def _fault_point(where: str, step: int) -> None:
-    spec = os.environ.get(FAULT_ENV)
-    if spec:
-        at, _, point = spec.partition(":")
-        if int(at) == step and (point or "tmp") == where:
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def checkpoint_key(name: str) -> tuple[int, int] | None:
@@ -124,7 +107,6 @@ def save_checkpoint(root: Path, model, model_name, model_args, optimizer, schedu
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_weights(model, tmp / "model.safetensors", model_name=model_name, model_args=model_args)
-    _fault_point("tmp", prog.global_step)
     state = {
         "progress": asdict(prog),
         "optimizer": optimizer.state_dict(),
@@ -135,7 +117,6 @@ def save_checkpoint(root: Path, model, model_name, model_args, optimizer, schedu
     sums = {f: {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)} for f in _CKPT_FILES}
     atomic_write_bytes(tmp / CHECKSUMS, json.dumps(sums, indent=1).encode())
     os.replace(tmp, final)
-    _fault_point("renamed", prog.global_step)
     atomic_write_bytes(root / "latest", name.encode())
     for old in list_checkpoints(root)[: -max(keep, 1)]:
         if old.name != name:  # (it is the newest anyway; belt and braces)

@@ -6,6 +6,7 @@ a generator seeded by ``(seed, epoch, step, rank)``. A checkpoint therefore only
 the optimiser and scheduler states and the counters, and a resumed run replays exactly the steps an
 uninterrupted run would have taken.
 
+What the loop calls on a method (every hook, with its default): :class:`train.method.Method`.
 Checkpoints, their write protocol and what a resume checks: :mod:`train.checkpoints`.
 """
 
@@ -19,7 +20,6 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -36,62 +36,8 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .config import dump_config
+from .method import Method, StepContext
 from .optim import build_optimizer, build_scheduler
-from .settings import RunConfig
-
-
-class CubeSource(Protocol):
-    def __len__(self) -> int: ...
-    def batch(self, indices: list[int]) -> torch.Tensor | tuple[torch.Tensor, ...]: ...
-
-
-class Method(Protocol):
-    """What a method gives the engine (see ``train/genesis/method.py`` for an example).
-
-    ``datasets()`` may return a *list* of training sources: each epoch then visits them in order,
-    one full pass each (a "phase"; Ark's cyclic visit of its datasets), and a resumed run
-    continues inside the right phase.
-
-    Optional members, used when present:
-
-    - ``wants_context = True``: ``loss`` is called as ``loss(model, batch, generator, ctx)`` with a
-      :class:`StepContext` while training and ``ctx=None`` for validation.
-    - ``after_step(model, ctx)``: after every optimiser step (e.g. a per-iteration EMA teacher).
-    - ``after_phase(model, ctx)``: after the last step of each phase (Ark's per-dataset EMA).
-    - ``export_model(model) -> (module, name, args)``: what ``model.safetensors`` holds (e.g. the
-      teacher of a student-teacher pair); checkpoints always hold the whole ``model``.
-    - ``ddp_kwargs``: extra ``DistributedDataParallel`` arguments (e.g.
-      ``find_unused_parameters=True`` when some heads are unused in a step).
-    - ``val_metrics(net, val_set, device) -> dict``: logged with each epoch's val loss.
-    - ``inference_card() -> dict``: what inference needs (task, preprocessing, labels; see
-      :mod:`train.cards`), stored in ``model.safetensors``'s metadata for ``export``.
-
-    Hooks run before the checkpoint that records their step, so a resumed run neither repeats
-    nor skips one.
-    """
-
-    cfg: RunConfig
-
-    def build_model(self) -> tuple[torch.nn.Module, str, dict]: ...
-    def datasets(self) -> tuple[CubeSource | list[CubeSource], CubeSource]: ...
-    def loss(self, model, batch, generator: torch.Generator) -> torch.Tensor: ...
-
-
-@dataclass(frozen=True)
-class StepContext:
-    """Where a training step sits: epoch, phase (training source) and step counters."""
-
-    epoch: int
-    phase: int  # index of the training source (0 when there is one)
-    step_in_phase: int
-    steps_in_phase: int
-    global_step: int  # before this step's optimiser update
-    epochs: int
-    phases: int
-
-    @property
-    def last_in_phase(self) -> bool:
-        return self.step_in_phase == self.steps_in_phase - 1
 
 
 @dataclass
@@ -183,11 +129,7 @@ def fit(
 
     train_sets, val_set = method.datasets()
     phases = list(train_sets) if isinstance(train_sets, (list, tuple)) else [train_sets]
-    net = (
-        DistributedDataParallel(model, **getattr(method, "ddp_kwargs", {}))
-        if ddp.world > 1
-        else model
-    )
+    net = DistributedDataParallel(model, **method.ddp_kwargs) if ddp.world > 1 else model
     samplers = [
         DistributedSampler(
             range(len(source)),
@@ -202,9 +144,6 @@ def fit(
     plan = _phase_plan(phases, samplers, loop)
     per_epoch = len(plan)
     phase_steps = [sum(1 for q, _ in plan if q == p) for p in range(len(phases))]
-    with_ctx = getattr(method, "wants_context", False)
-    export = getattr(method, "export_model", lambda m: (m, model_name, model_args))
-    has_card = hasattr(method, "inference_card")
     autocast = _autocast(loop.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=loop.amp == "fp16" and device.type == "cuda")
     metrics = _MetricsLog(run_dir / "metrics.jsonl", enabled=ddp.main)
@@ -252,18 +191,15 @@ def fit(
                 phases=len(phases),
             )
             with autocast:
-                loss = (
-                    method.loss(net, batch, gen, ctx) if with_ctx else method.loss(net, batch, gen)
-                )
+                loss = method.loss(net, batch, gen, ctx)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             if ctx.last_in_phase:
                 _sync_buffers(model, ddp)
-            if hasattr(method, "after_step"):
-                method.after_step(model, ctx)
-            if ctx.last_in_phase and hasattr(method, "after_phase"):
+            method.after_step(model, ctx)
+            if ctx.last_in_phase:
                 method.after_phase(model, ctx)
             prog.global_step += 1
             prog.step_in_epoch = b + 1
@@ -288,14 +224,19 @@ def fit(
         bar.close()
 
         val = evaluate(method, net, val_set, loop, device, autocast)
-        extra = method.val_metrics(net, val_set, device) if hasattr(method, "val_metrics") else {}
+        extra = method.val_metrics(net, val_set, device)
         scheduler.step()
         improved = val < prog.best_val
         if improved:
             prog.best_val, prog.bad_epochs = val, 0
             if ddp.main:
-                best, best_name, best_args = export(model)
-                card = {"inference": method.inference_card()} if has_card else {}
+                best, best_name, best_args = method.export_model(model) or (
+                    model,
+                    model_name,
+                    model_args,
+                )
+                card = method.inference_card()
+                card = {} if card is None else {"inference": card}
                 save_weights(
                     best,
                     run_dir / "model.safetensors",
@@ -352,7 +293,7 @@ def replica_divergence(model: torch.nn.Module) -> float:
 
 
 @torch.no_grad()
-def evaluate(method, net, val_set, loop, device, autocast) -> float:
+def evaluate(method: Method, net, val_set, loop, device, autocast) -> float:
     """Mean validation loss with fixed per-batch randomness (every rank computes all of it)."""
     net.eval()
     total, count = 0.0, 0
@@ -361,10 +302,7 @@ def evaluate(method, net, val_set, loop, device, autocast) -> float:
         batch = to_device(val_set.batch(idx), device)
         gen = step_generator(loop.seed, -1, b)
         with autocast:
-            if getattr(method, "wants_context", False):
-                loss = method.loss(net, batch, gen, None)
-            else:
-                loss = method.loss(net, batch, gen)
+            loss = method.loss(net, batch, gen, None)
         total += float(loss) * len(idx)
         count += len(idx)
     return total / max(count, 1)

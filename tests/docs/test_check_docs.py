@@ -78,3 +78,29 @@ def test_a_renamed_flag_or_module_or_failing_command_fails(tmp_path):
     unknown = README.replace("python -m export.run --from runs/a --out exports/a", "rm -rf /tmp/x")
     r = _check(tmp_path, unknown.replace("```bash\necho untagged\n```\n", ""))
     assert r.returncode == 1 and "neither a Python CLI" in r.stderr
+
+
+def test_relative_links_must_resolve_inside_the_repository(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "plot.png").write_bytes(b"")
+    (tmp_path / "outside.md").write_text("x")
+    (tmp_path / "README.md").write_text(
+        "[design](docs/DESIGN.md) and [site](https://example.org) and [top](#top)\n"
+        "![plot](bench/plot.png) `[not a link](nowhere.md)`\n"
+        "```\n[in a code block](nowhere.md)\n```\n"
+    )
+    (tmp_path / "docs" / "DESIGN.md").write_text(
+        "[methods](METHODS.md) [up](../README.md#layers) [here](../outside.md)\n"
+    )
+    root = tmp_path
+    problems = check_docs.check_links(root)
+    assert problems == ["docs/DESIGN.md:1: link METHODS.md is missing"]
+    (tmp_path / "docs" / "METHODS.md").write_text("")
+    assert check_docs.check_links(root) == []
+    # a link that leaves the repository is refused even where the file exists
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "README.md").write_text("[x](../outside.md)\n")
+    assert check_docs.check_links(tmp_path / "repo") == [
+        "README.md:1: link ../outside.md is outside the repository"
+    ]

@@ -1,6 +1,6 @@
 """PEAC's Genesis-2D appearance distortion: parameters and PyTorch reference (no interpreter).
 
-Published behaviour restated (METHODS.md section 3.3 item 5 and section 1.2): 40 shuffle blocks
+Published behaviour restated (docs/METHODS.md section 3.3 item 5 and section 1.2): 40 shuffle blocks
 of randint(1, H//10) x randint(1, W//10) pixels, always applied, read from the original image;
 Bezier map p 0.9 (inverted p 0.5); painting p 0.9, in-painting 0.2 / out-painting 0.8, 3-pixel
 margins, further boxes while u < 0.95, the same noise in every channel.

@@ -45,7 +45,7 @@ def test_bug_compat_by_hand():
 
 
 def _loop_statement(box1, box2, h=14, w=14):
-    """Independent restatement (METHODS.md 3.3 item 4): walk the shared grid row-major, keep
+    """Independent restatement (docs/METHODS.md 3.3 item 4): walk the shared grid row-major, keep
     every cell inside both windows; its local index in each view is its position minus the offset.
     """
     (r1, c1), (r2, c2) = box1, box2
@@ -82,7 +82,7 @@ def test_bug_compat_pairs_same_cells_only_on_the_diagonal():
         idx1, idx2 = overlap_indices((x1, y1), (x2, y2))
         assert torch.equal(x1 + idx1 // 14, x2 + idx2 // 14)
         assert torch.equal(y1 + idx1 % 14, y2 + idx2 % 14)
-    assert same == 85  # 85 / 625 = 13.6 % of draws (METHODS.md: about 13 %)
+    assert same == 85  # 85 / 625 = 13.6 % of draws (docs/METHODS.md: about 13 %)
 
 
 def _crop_tokens(image, box, cell=2, n=14):

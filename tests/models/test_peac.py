@@ -1,4 +1,4 @@
-"""PEACModel (METHODS.md §3.2), anatomical correspondence, and the correspondence command line.
+"""PEACModel (docs/METHODS.md §3.2), anatomical correspondence, and the correspondence command line.
 
 Small backbones keep it fast on a CPU: ViT-Tiny/16 at 112 px (7×7 tokens of 16 px) and Swin-T at
 224 px (7×7 tokens of 32 px), with narrow expanders. PEAC's Swin-B at 448 is built only in a
@@ -31,6 +31,7 @@ from models import (
 )
 from models.peac import PEAC_MEAN, PEAC_STD, expander
 from models.peac_correspond import main as correspond_main
+from models.peac_correspond import match_files
 
 VIT = {"backbone": "vit_tiny_patch16_224", "img_size": 112}
 SWIN = {"backbone": "swin_tiny_patch4_window7_224", "img_size": 224}
@@ -366,6 +367,16 @@ def test_cli_writes_a_side_by_side_figure(tmp_path, films, capsys):
     argv = [str(path_b), str(path_a), "--weights", str(weights), "--out", str(out2)]
     assert correspond_main(argv) == 0 and out2.is_file()
     assert capsys.readouterr().out.count(" -> (") == 25
+
+
+def test_match_files_is_the_cli_without_argparse(tmp_path, films, capsys):
+    path_a, path_b, weights, _, _ = films
+    fig, points_a, points_b, sim = match_files(path_a, path_b, weights, [(80.0, 64.0)], height=256)
+    assert fig.height == 256 and points_a.tolist() == [[80.0, 64.0]] and np.isfinite(sim[0])
+    argv = [str(path_a), str(path_b), "--weights", str(weights), "--out", str(tmp_path / "f.png")]
+    assert correspond_main([*argv, "--points", "80,64"]) == 0
+    want = f"(80.0, 64.0) -> ({points_b[0][0]:.1f}, {points_b[0][1]:.1f})  {sim[0]:.3f}"
+    assert want in capsys.readouterr().out
 
 
 def test_cli_reports_unusable_inputs(tmp_path, films, capsys):

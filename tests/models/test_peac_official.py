@@ -1,8 +1,8 @@
 """Importing the released PEAC checkpoint layout (built here, never downloaded).
 
-PEAC's ``PEC_Model`` (jlianglab/PEAC, METHODS.md §3.2) holds Microsoft's Swin as ``swin_model``,
-whose state dict uses the names of timm 0.5.4: the patch merging at the end of stage i
-(``layers.{i}.downsample``), a plain ``head`` classifier, and the persistent buffers
+PEAC's ``PEC_Model`` (jlianglab/PEAC, docs/METHODS.md §3.2) holds Microsoft's Swin as
+``swin_model``, whose state dict uses the names of timm 0.5.4: the patch merging at the end of
+stage i (``layers.{i}.downsample``), a plain ``head`` classifier, and the persistent buffers
 ``attn.relative_position_index`` (every block) and ``attn_mask`` (shifted blocks). Beside it:
 ``mlp`` and ``mlp_local`` (Linear → LayerNorm → ReLU per hidden layer, last Linear bias-free), the
 order ``head`` (a bias-free Linear whose ``bias`` is a separate Parameter tied to ``head.bias``, so

@@ -16,7 +16,7 @@ def unet():
 
 
 def _official_keys(n_blocks_down=("down_tr64", "down_tr128", "down_tr256", "down_tr512")):
-    """Key pattern of Genesis_Chest_CT.pt (without 'module.'), restated from METHODS.md §1.1."""
+    """Key pattern of Genesis_Chest_CT.pt (without 'module.'), from docs/METHODS.md §1.1."""
     conv = ("weight", "bias")
     bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
     keys = set()

@@ -1,7 +1,7 @@
-"""PEAC's losses restated from METHODS.md §3.4 (the single-node script), plain torch.
+"""PEAC's losses restated from docs/METHODS.md §3.4 (the single-node script), plain torch.
 
 Published behaviour restated (jlianglab/PEAC ``global_local_popar_swin.py``, described in
-METHODS.md §3.3-3.4, not copied):
+docs/METHODS.md §3.3-3.4, not copied):
 
 * ``L_order = CE(o1s [B*196, 196], perm1.flatten())``: every token classifies its original index;
 * ``L_restore = MSE(r1s, clean ordered crop1)``;

@@ -103,7 +103,10 @@ def test_radiographs_are_prepared_in_the_process_like_in_process(pool, prepared)
     (items, ms) = pool.radiographs([("cr.dcm", RG)], pp.to_dict() if prepared else None)
     [(name, image, feats, hw)] = items
     assert name == "cr.dcm" and hw == unit.shape and ms >= 0
-    assert feats == pytest.approx(unit_features(unit), abs=1e-9)
+    # the features go through a float32 resize (matrix products whose summation order depends on
+    # the process's BLAS threads and buffer alignment): a decoding process may differ in the last
+    # bits (CI saw 1.2e-8 relative); the input guard's thresholds are far coarser
+    assert feats == pytest.approx(unit_features(unit), rel=1e-6, abs=1e-9)
     want = prepare_radiograph(unit, pp)[0] if prepared else unit
     np.testing.assert_array_equal(image.pixels, want)
     ref = read_image(RG)

@@ -14,53 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from kernels.genesis import GenesisTransformConfig, transform_batch
-from models.checkpoint import load_weights
 from models.registry import build_model
-from train.config import load_config
 from train.engine import fit
-from train.genesis.config import GenesisConfig
 from train.genesis.method import GenesisMethod
 
-ROOT = Path(__file__).resolve().parents[2]
-# A run small enough for CI: 2 phantoms → 8 cubes of 16³, 3 steps per epoch.
-SMALL = [
-    "data.synthetic_train=2",
-    "data.synthetic_val=1",
-    "data.phantom_shape=[24, 32, 32]",
-    "data.phantom_spacing=[10.0, 10.0, 10.0]",
-    "data.cube_size=[16, 16, 16]",
-    "data.cubes_per_volume=4",
-    "data.border_xy=2",
-    "data.border_z=1",
-    "data.dense_max=1.0",
-    "transform.shuffle_blocks=50",
-    "loop.epochs=2",
-    "loop.batch_size=2",
-    "loop.steps_per_epoch=3",
-    "loop.checkpoint_every=1",
-    "loop.log_every=1",
-    "loop.progress=false",
-    "optim.lr=0.01",
-]
-
-
-def small_config(tmp_path, *extra) -> GenesisConfig:
-    return load_config(
-        GenesisConfig,
-        ROOT / "configs/genesis/tiny.yaml",
-        SMALL + [f"data.cache_dir={tmp_path / 'cache'}", *extra],
-    )
-
-
-def latest_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    name = (run_dir / "checkpoints" / "latest").read_text().strip()
-    return load_weights(run_dir / "checkpoints" / name / "model.safetensors")[0]
-
-
-def assert_same_weights(a, b, atol=1e-6):
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
+from .genesis_small import ROOT, assert_same_weights, cli, latest_weights, small_config
 
 
 def test_overfits_one_batch():
@@ -124,24 +82,6 @@ def _logged(run: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(ln).items() if k != "samples_per_s"} for ln in lines]
 
 
-def _cli(run_dir, cache, *extra):
-    cmd = [
-        sys.executable,
-        "-m",
-        "train.run",
-        "pretrain",
-        "--method",
-        "genesis",
-        "--config",
-        str(ROOT / "configs/genesis/tiny.yaml"),
-        "--run-dir",
-        str(run_dir),
-    ]
-    for item in SMALL + [f"data.cache_dir={cache}", *extra]:
-        cmd += ["--set", item]
-    return cmd
-
-
 @pytest.mark.slow
 def test_torchrun_two_processes_gloo(tmp_path):
     run = tmp_path / "ddp"
@@ -153,7 +93,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
         "--standalone",
         "-m",
         "train.run",
-    ] + _cli(run, tmp_path / "cache")[3:]
+    ] + cli(run, tmp_path / "cache")[3:]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, check=True, cwd=ROOT, timeout=600, env=env)
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]

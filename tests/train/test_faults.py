@@ -23,19 +23,18 @@ import pytest
 import torch
 
 from models.checkpoint import CheckpointError, UnsafeCheckpointError, load_weights
-from train.checkpoints import CHECKSUMS, FAULT_ENV, Progress, save_checkpoint
+from train.checkpoints import CHECKSUMS, Progress, save_checkpoint
 from train.engine import fit
 from train.genesis.method import GenesisMethod
 
-from .test_engine import ROOT, _cli, assert_same_weights, latest_weights, small_config
+from .genesis_small import ROOT, assert_same_weights, cli, latest_weights, small_config
 
 KILLED = -signal.SIGKILL
 LAST_STEP = 6  # SMALL: 2 epochs of 3 steps
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
-    return env | {"OMP_NUM_THREADS": "1", **extra}
+    return dict(os.environ) | {"OMP_NUM_THREADS": "1", **extra}
 
 
 def _latest(run: Path) -> str:
@@ -75,8 +74,11 @@ def _fit_one_thread(run: Path, cache: Path, **kw):
         torch.set_num_threads(threads)
 
 
-def _cli_run(run: Path, cache: Path, *args: str, env=None) -> int:
-    cmd = _cli(run, cache) + list(args)
+def _cli_run(run: Path, cache: Path, *args: str, env=None, kill_at: str | None = None) -> int:
+    """The CLI run; ``kill_at``: SIGKILL inside that checkpoint write (kill_in_save.py)."""
+    cmd = cli(run, cache) + list(args)
+    if kill_at is not None:  # python -m train.run ... → python kill_in_save.py SPEC ...
+        cmd = [cmd[0], str(Path(__file__).with_name("kill_in_save.py")), kill_at, *cmd[3:]]
     done = subprocess.run(cmd, cwd=ROOT, env=env or _env(), timeout=300, capture_output=True)
     if done.returncode not in (0, KILLED):
         pytest.fail(f"{cmd} failed ({done.returncode}):\n{done.stderr.decode()[-3000:]}")
@@ -89,14 +91,14 @@ def test_kills_inside_checkpoint_writes_resume_to_the_same_weights(reference, tm
     run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
 
     # Killed while step 2's checkpoint is half written: weights in the .tmp dir, no state.pt yet.
-    assert _cli_run(run, cache, env=_env(**{FAULT_ENV: "2"})) == KILLED
+    assert _cli_run(run, cache, kill_at="2") == KILLED
     assert _latest(run) == "step_00000001"
     assert (ckpts / ".step_00000002.tmp" / "model.safetensors").is_file()
     assert not (ckpts / ".step_00000002.tmp" / "state.pt").exists()
 
     # Resumed, then killed after step 4's checkpoint was renamed into place but before `latest`
     # named it (step 3 is the end of epoch 1).
-    assert _cli_run(run, cache, "--resume", env=_env(**{FAULT_ENV: "4:renamed"})) == KILLED
+    assert _cli_run(run, cache, "--resume", kill_at="4:renamed") == KILLED
     assert not (ckpts / ".step_00000002.tmp").exists()  # the first leftover was cleaned up
     assert _latest(run) == "step_00000003" and (ckpts / "step_00000004").is_dir()
 
@@ -171,7 +173,7 @@ def test_random_sigkills_resume_to_the_same_weights(reference, tmp_path):
         assert committed < LAST_STEP - 1, f"the run got too far for a third kill ({kills} kills)"
         old_log = _inode(run / "metrics.jsonl")
         proc = subprocess.Popen(
-            _cli(run, cache) + (["--resume"] if latest.is_file() else []),
+            cli(run, cache) + (["--resume"] if latest.is_file() else []),
             cwd=ROOT,
             env=_env(),
             stdout=subprocess.DEVNULL,

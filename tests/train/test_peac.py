@@ -296,7 +296,8 @@ def test_presets_and_published_defaults():
     assert (paper.loop.epochs, paper.loop.batch_size) == (400, 8)
     assert (paper.data.train_split, paper.data.val_split) == ("train", "test")
     assert paper.schedule.momentum_start == 0.999 and paper.popar.p_shuffle == 0.5
-    # Genesis-2D as METHODS.md §3.3 item 5: 40 blocks, Bezier p 0.9 / 500 points, paint 0.9 / 0.2
+    # Genesis-2D as docs/METHODS.md §3.3 item 5: 40 blocks, Bezier p 0.9 / 500 points,
+    # paint 0.9 / 0.2
     assert paper.popar.genesis2d == Genesis2DConfig(
         blocks=40, nonlinear_rate=0.9, paint_rate=0.9, inpaint_rate=0.2, bezier_points=500
     )

@@ -2,7 +2,7 @@
 
 Ark: Ma et al., "Foundation Ark: Accruing and Reusing Knowledge for Superior and Robust
 Performance", MICCAI 2023 (official code jlianglab/Ark). Defaults are the published values
-(METHODS.md §2); the ``tiny`` preset shrinks them for a CPU.
+(docs/METHODS.md §2); the ``tiny`` preset shrinks them for a CPU.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class ArkDataConfig:
 
 @dataclass
 class ArkViewsConfig:
-    """Training views (albumentations-style, applied on the device, METHODS.md §2.2)."""
+    """Training views (albumentations-style, applied on the device, docs/METHODS.md §2.2)."""
 
     size: int = 224  # RandomResizedCrop output
     scale: tuple[float, float] = (0.08, 1.0)

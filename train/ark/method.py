@@ -7,7 +7,8 @@ epoch of dataset i (entry ``it = round * n_datasets + i`` of the schedules):
     loss = (1 - c[it]) * BCE(student head i, y) + c[it] * MSE(student embedding, teacher embedding)
 
 and after the epoch the teacher takes ``teacher <- m[it] teacher + (1 - m[it]) student``, with m a
-cosine from 0.9 to 1 and c from 0 to 0.5 over ``rounds * n_datasets`` entries (METHODS.md §2.3).
+cosine from 0.9 to 1 and c from 0 to 0.5 over ``rounds * n_datasets`` entries
+(docs/METHODS.md §2.3).
 
 Two deliberate differences from the release, both documented in README: the learning-rate
 schedule is stepped once per round with the round index (the release passes the validation loss
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from models.ark import ArkModel
 
 from ..cards import ark_card
+from ..method import Method
 from ..teacher import StudentTeacher, cosine_value, unwrap
 from ..views2d import ark_views, normalize, resize_center_crop
 from .config import ArkConfig
@@ -44,8 +46,7 @@ def masked_bce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -
     return (per_label * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-class ArkMethod:
-    wants_context = True
+class ArkMethod(Method):
     ddp_kwargs = {"find_unused_parameters": True}  # only one head is used per step
 
     def __init__(self, cfg: ArkConfig, run_dir: str | Path) -> None:

@@ -1,7 +1,7 @@
 """Reuse Ark or PEAC weights on a new chest X-ray task: fine-tuning with a new head, or linear
 probing (Ark: post-projector embedding; PEAC: mean-pooled token map).
 
-Fine-tuning follows the BenchmarkTransformers protocol Ark reports (METHODS.md §2.4): the
+Fine-tuning follows the BenchmarkTransformers protocol Ark reports (docs/METHODS.md §2.4): the
 pretrained backbone and projector, one new linear head, RandomResizedCrop + horizontal flip +
 rotation ±7°, SGD, early stopping on the validation loss; test with ten crops. Linear probing
 freezes everything, embeds each image once (post-projector embedding, centre crop) and fits an
@@ -25,6 +25,7 @@ from models.ark import ArkModel
 from models.checkpoint import atomic_write_bytes, load_model
 
 from ..cards import ark_card
+from ..method import Method
 from ..settings import LoopConfig, OptimConfig
 from ..views2d import (
     IMAGENET_MEAN,
@@ -121,7 +122,7 @@ def new_task_model(cfg: TransferConfig, num_classes: int) -> ArkModel:
     return model
 
 
-class TransferMethod:
+class TransferMethod(Method):
     """Fine-tuning as a :class:`~train.engine.Method` (one head, all weights trained)."""
 
     def __init__(self, cfg: TransferConfig, run_dir: str | Path) -> None:
@@ -147,7 +148,7 @@ class TransferMethod:
     def inference_card(self) -> dict:
         return ark_card(self.cfg.size, [self.source("train")], stats=self.stats)
 
-    def loss(self, model, batch, generator: torch.Generator) -> torch.Tensor:
+    def loss(self, model, batch, generator: torch.Generator, ctx) -> torch.Tensor:
         images, target, mask, _ = batch
         if model.training:
             images = self.train_view(images, generator)

@@ -9,13 +9,14 @@ import torch.nn.functional as F
 from models.registry import build_model
 
 from ..cards import genesis_card
+from ..method import Method
 from ..metrics import dice, iou, roc_auc, soft_dice_loss
 from .config import FinetuneConfig
 from .init import initialise
 from .tasks import build_task
 
 
-class FinetuneMethod:
+class FinetuneMethod(Method):
     def __init__(self, cfg: FinetuneConfig, run_dir=None) -> None:
         self.cfg = cfg
         self.task = build_task(cfg.task.name, **cfg.task.args)
@@ -53,7 +54,7 @@ class FinetuneMethod:
             batch_norm=self.cfg.eval.batch_norm,
         )
 
-    def loss(self, model, batch, generator: torch.Generator) -> torch.Tensor:
+    def loss(self, model, batch, generator: torch.Generator, ctx) -> torch.Tensor:
         x, y = batch
         logits = model(x).float()
         bce = F.binary_cross_entropy_with_logits(logits, y)

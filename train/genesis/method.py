@@ -12,11 +12,12 @@ from kernels.genesis import transform_batch
 from models.registry import build_model
 
 from ..cards import genesis_card
+from ..method import Method
 from .config import GenesisConfig
 from .data import load_cubes
 
 
-class GenesisMethod:
+class GenesisMethod(Method):
     def __init__(self, cfg: GenesisConfig, run_dir: str | Path) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -36,7 +37,7 @@ class GenesisMethod:
             load_cubes(self.cfg.data, "val", cache, show),
         )
 
-    def loss(self, model, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss(self, model, batch: torch.Tensor, generator: torch.Generator, ctx) -> torch.Tensor:
         # Parameters are drawn on the CPU generator and applied where the batch lives: the
         # Triton kernels on CUDA, the reference on CPU; the loader only reads clean cubes.
         x, y = transform_batch(batch, self.cfg.transform, generator)

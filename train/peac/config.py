@@ -2,7 +2,7 @@
 
 PEAC: Zhou et al., "Learning Anatomically Consistent Embedding for Chest Radiography", BMVC 2023,
 arXiv:2312.00335 (official code jlianglab/PEAC). Defaults are the published values of the
-single-node script (METHODS.md §3); the ``tiny`` preset shrinks them for a CPU. PEAC⁻¹ (the
+single-node script (docs/METHODS.md §3); the ``tiny`` preset shrinks them for a CPU. PEAC⁻¹ (the
 "downgraded" model without the local loss, ``global_popar_swin.py``) is ``losses.local_weight=0``
 (``configs/peac/tiny_no_local.yaml``, or ``--set losses.local_weight=0`` on any preset).
 """
@@ -51,7 +51,7 @@ class PEACDataConfig:
 
 @dataclass
 class PEACModelConfig:
-    """``models.peac.PEACModel`` arguments (METHODS.md §3.2): Swin-B at 448 → 14 x 14 tokens."""
+    """``models.peac.PEACModel`` arguments (docs/METHODS.md §3.2): Swin-B at 448 → 14 x 14."""
 
     backbone: str = "swin_base_patch4_window7_224"
     img_size: int = 448
@@ -61,7 +61,7 @@ class PEACModelConfig:
 
 @dataclass
 class PEACViewsConfig:
-    """Grid views (METHODS.md §3.3): crops of ``window`` cells at offsets 0..``max_offset``.
+    """Grid views (docs/METHODS.md §3.3): crops of ``window`` cells at offsets 0..``max_offset``.
 
     ``window`` is the backbone's token grid (14 for Swin-B at 448 and ViT-B/16 at 224); the cell
     size is ``model.img_size // window`` (32 px, or 16 px for ViT-B/16 at 224).
@@ -75,7 +75,7 @@ class PEACViewsConfig:
 
 @dataclass
 class PopArConfig:
-    """The POPAR branch of crop 1, chosen per sample (METHODS.md §3.3 item 5).
+    """The POPAR branch of crop 1, chosen per sample (docs/METHODS.md §3.3 item 5).
 
     With probability ``p_shuffle`` the cells are shuffled (order target = the permutation);
     otherwise the Genesis-2D appearance distortion is applied (order target = identity). The
@@ -98,7 +98,7 @@ class PEACLossConfig:
     """``L = order_weight·CE + restore_weight·MSE + global_weight·L_global + local_weight·L_local``.
 
     ``local_weight = 0`` gives PEAC⁻¹. ``bug_compat`` reproduces the release's row/column
-    transposition of the overlap masks (METHODS.md §3.3 item 4); False is the correct matching.
+    transposition of the overlap masks (docs/METHODS.md §3.3 item 4); False is the correct matching.
     ``local_kind``: ``"mse"`` is PEAC's local loss; ``"infonce"`` asks each matched token to
     pick its cell among all cells of the same image's other view (``local_temperature``), an
     option for short runs where the MSE collapses (issue #18; not in the paper).

@@ -2,8 +2,8 @@
 
 A batch is ``(B, 1, L, L)`` float in [0, 1] with ``L = (window + max_offset + 1) * cell`` (608 for
 PEAC): the loader only reads, resizes the shorter side to ``L`` and crops the centre square
-(METHODS.md §3.3 item 1); the jitter, the crops, the POPAR distortions and the normalisation run
-on the device in the method. Synthetic datasets are rendered once into a memmap cache
+(docs/METHODS.md §3.3 item 1); the jitter, the crops, the POPAR distortions and the normalisation
+run on the device in the method. Synthetic datasets are rendered once into a memmap cache
 (:mod:`imaging.datasets.image_cache`) at the load size; real datasets (ChestX-ray14) are decoded
 per batch by a small thread pool.
 """

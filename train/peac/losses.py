@@ -1,4 +1,4 @@
-"""PEAC's four losses as small pure functions (METHODS.md §3.4, the single-node script).
+"""PEAC's four losses as small pure functions (docs/METHODS.md §3.4, the single-node script).
 
 With student ``s`` and EMA teacher ``t``, crop 1 (order- or appearance-distorted, permutation
 ``perm1``; identity for the appearance branch) and crop 2 (clean, identity order)::

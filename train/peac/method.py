@@ -2,7 +2,7 @@
 
 PEAC: Zhou, Luo, Pang, Ding, Gotway, Liang, "Learning Anatomically Consistent Embedding for Chest
 Radiography", BMVC 2023 (oral), arXiv:2312.00335; official code https://github.com/jlianglab/PEAC
-(``global_local_popar_swin.py``, the single-node script). Written from METHODS.md §3.
+(``global_local_popar_swin.py``, the single-node script). Written from docs/METHODS.md §3.
 
 One step, per batch of loaded squares (``B, 1, L, L``, L = 608 for the paper):
 
@@ -17,7 +17,7 @@ One step, per batch of loaded squares (``B, 1, L, L``, L = 608 for the paper):
 4. student(crop1, perm1), teacher(crop2), student(crop2), teacher(crop1, perm1) and the losses of
    :mod:`train.peac.losses`; after every optimiser step the teacher takes
    ``teacher <- m teacher + (1 - m) student`` with ``m`` a cosine from 0.999 to 1 over all
-   training iterations (METHODS.md §3.5).
+   training iterations (docs/METHODS.md §3.5).
 
 The two student passes run as one batch ``[crop1; crop2]`` and the two teacher passes as
 ``[crop2; crop1]`` (one DDP forward per step; the backbones normalise per token with LayerNorm,
@@ -43,6 +43,7 @@ from models.peac import PEACModel
 
 from ..cards import peac_card
 from ..engine import step_generator
+from ..method import Method
 from ..teacher import StudentTeacher, cosine_value, unwrap
 from ..views2d import normalize
 from .config import PEACConfig
@@ -93,12 +94,11 @@ class PEACBatch:
     box2: torch.Tensor
 
 
-class PEACMethod:
-    wants_context = True
+class PEACMethod(Method):
     DIAG_IMAGES = 16  # validation images the per-epoch diagnostics look at
-    # Every student parameter gets a gradient in every step (the local term keeps its graph even
-    # when all samples are shuffled), so DDP needs no unused-parameter search.
-    ddp_kwargs: dict = {}
+    # ddp_kwargs stays empty: every student parameter gets a gradient in every step (the local
+    # term keeps its graph even when all samples are shuffled), so DDP needs no unused-parameter
+    # search.
 
     def __init__(self, cfg: PEACConfig, run_dir: str | Path) -> None:
         self.cfg = cfg
@@ -162,7 +162,7 @@ class PEACMethod:
         total = ctx.epochs * ctx.steps_in_phase  # iterations of the whole run
         unwrap(model).ema_update(self.momentum(ctx.global_step, total))
 
-    def loss(self, model, batch, generator: torch.Generator, ctx=None) -> torch.Tensor:
+    def loss(self, model, batch, generator: torch.Generator, ctx) -> torch.Tensor:
         """PEAC's total loss of one batch; training (ctx given) and validation (ctx None) alike."""
         parts = self.loss_parts(model, batch, generator)
         w = self.cfg.losses

@@ -1,7 +1,7 @@
 """PEAC's stable grid-based views: two crops cut from one shared grid of cells.
 
 PEAC (Zhou et al., BMVC 2023, arXiv:2312.00335; jlianglab/PEAC) makes the correspondence between
-its two views exact by construction (METHODS.md §3.3, items 1-3). With ``cell`` the backbone's
+its two views exact by construction (docs/METHODS.md §3.3, items 1-3). With ``cell`` the backbone's
 total stride in pixels (32 for Swin-B at 448, 16 for ViT-B/16 at 224), ``window`` its tokens per
 side (14) and ``max_offset`` the largest grid offset of a crop (4):
 
@@ -23,7 +23,7 @@ All randomness is drawn up front from an explicit CPU ``torch.Generator`` in a f
 (jitter, then the four offsets ``x1, y1, x2, y2``), so a step's views depend on the generator's
 seed alone and a resumed run replays them exactly.
 
-The published row/column transposition (METHODS.md §3.3 item 4): the release's ``PatchCrop``
+The published row/column transposition (docs/METHODS.md §3.3 item 4): the release's ``PatchCrop``
 uses ``x`` as the *row* offset (first array axis), as here (``box[:, 0]``), but its ``get_index``
 builds the overlap masks with rows from the ``y`` range and columns from the ``x`` range. The
 k-th selected tokens of the two crops then lie on the same grid cell only when
