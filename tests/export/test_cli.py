@@ -14,7 +14,7 @@ import torch
 from export.run import main
 from export.runtime import load
 from models import import_official
-from tests.models.test_official import _write_official
+from tests.models.official_releases import write_official
 
 from .conftest import ROI, real_ct_cubes, real_cxr_batch
 
@@ -72,7 +72,7 @@ def released_genesis(tmp_path_factory):
         if value.is_floating_point():
             value.copy_(torch.randn(value.shape, generator=g) * 0.05)
     path = tmp_path_factory.mktemp("official") / "Genesis_Chest_CT.pt"
-    return _write_official(path, state)
+    return write_official(path, state)
 
 
 def test_export_an_official_release(released_genesis, tmp_path, capsys):
@@ -148,9 +148,9 @@ def test_tensorrt_engine_is_built_verified_and_preferred(released_genesis, tmp_p
 def test_export_an_official_ark_release(tmp_path):
     """Ark's released teacher (timm 0.5.4 Swin names, built by the Ark import tests) → ONNX;
     ORT equals the independently built source network, every head."""
-    from tests.models.test_ark_official import TINY, _Source
+    from tests.models.official_releases import TINY, ArkRelease
 
-    source = _Source(TINY, "linear", seed=0)
+    source = ArkRelease(TINY, "linear", seed=0)
     path = tmp_path / "ark6_teacher_ep200_swint_projector1376.pth.tar"
     torch.save(source.released_state((2, 2, 6, 2)), path)
     out = tmp_path / "ark"

@@ -21,6 +21,7 @@ from kernels.genesis import (
     transform_batch,
     use_triton,
 )
+from tests.reference.genesis_transforms import box_slices, shuffle_restated, union_restated
 
 OFF = {"flip_rate": 0.0, "local_rate": 0.0, "nonlinear_rate": 0.0, "paint_rate": 0.0}
 
@@ -41,21 +42,6 @@ def distinct_cubes(shape) -> torch.Tensor:
     """Cubes whose voxel values name their flat position, scaled into [0, 1) (exact in float64)."""
     count = math.prod(shape)
     return (torch.arange(count, dtype=torch.float64) / count).view(shape)
-
-
-def box_slices(box) -> tuple[slice, slice, slice]:
-    h, w, d, sh, sw, sd = (int(v) for v in box)
-    return slice(h, h + sh), slice(w, w + sw), slice(d, d + sd)
-
-
-def shuffle_restated(cube: np.ndarray, boxes: np.ndarray, perm: np.ndarray) -> np.ndarray:
-    """The official loop: each block read from the original cube, permuted, written in order."""
-    out = cube.copy()
-    for box, p in zip(boxes, perm, strict=True):
-        sl = box_slices(box)
-        window = cube[sl].reshape(-1)
-        out[sl] = window[p[: window.size].astype(np.int64)].reshape(cube[sl].shape)
-    return out
 
 
 def bezier_restated(control: np.ndarray, inverted: bool, points: int):
@@ -126,14 +112,6 @@ def test_shuffle_permutations_are_permutations_and_vary():
 
 # ---------------------------------------------------------------------------------------------
 # painting
-
-
-def union_restated(boxes, valid, spatial) -> np.ndarray:
-    mask = np.zeros(spatial, bool)
-    for box, ok in zip(boxes, valid, strict=True):
-        if ok:
-            mask[box_slices(box)] = True
-    return mask
 
 
 @pytest.mark.parametrize("inpaint_rate", [1.0, 0.0])

@@ -28,7 +28,7 @@ from kernels.genesis import (
     use_triton,
 )
 from kernels.genesis_params import block_permutations, fmix32, shuffle_block_volume
-from tests.kernels.test_genesis import shuffle_restated, union_restated
+from tests.reference.genesis_transforms import shuffle_restated, union_restated
 
 pytest.importorskip("numba")
 from kernels import genesis_cpu  # noqa: E402

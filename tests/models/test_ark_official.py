@@ -14,7 +14,6 @@ from collections import OrderedDict
 import pytest
 import timm
 import torch
-from torch import nn
 
 from models import (
     CheckpointError,
@@ -24,96 +23,17 @@ from models import (
     load_weights,
 )
 
-TINY = "swin_tiny_patch4_window7_224"
-BASE = "swin_base_patch4_window7_224"
-WINDOW = 7
-HEADS = [14, 14, 14, 3, 6, 1]  # README --data_set order: MIMIC, CheXpert, NIH14, RSNA, VinDr, SZ
-EMBED = 1376
-
-
-def _relative_position_index(w):
-    """Swin's table index: (dy + w - 1) * (2w - 1) + (dx + w - 1) for token pairs of a window."""
-    ys, xs = torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")
-    coords = torch.stack([ys.flatten(), xs.flatten()])  # 2, N
-    rel = (coords[:, :, None] - coords[:, None, :]) + (w - 1)  # 2, N, N
-    return rel[0] * (2 * w - 1) + rel[1]
-
-
-def _shifted_window_mask(r, w):
-    """timm 0.5.4's attn_mask of a shifted block on an r×r grid: -100 across shifted regions."""
-    s = w // 2
-    regions = torch.zeros(r, r)
-    spans = (slice(0, -w), slice(-w, -s), slice(-s, None))
-    for n, (hs, ws) in enumerate((hs, ws) for hs in spans for ws in spans):
-        regions[hs, ws] = n
-    windows = regions.view(r // w, w, r // w, w).permute(0, 2, 1, 3).reshape(-1, w * w)
-    diff = windows[:, None, :] - windows[:, :, None]
-    return torch.where(diff != 0, torch.tensor(-100.0), torch.tensor(0.0))
-
-
-def _to_timm054(state, depths, img_size=224, patch=4):
-    """Current timm Swin keys → timm 0.5.4 keys, with the buffers 0.5.4 saved."""
-    out = OrderedDict()
-    for key, value in state.items():
-        m = re.match(r"layers\.(\d+)\.downsample\.(.*)", key)
-        if m:
-            key = f"layers.{int(m.group(1)) - 1}.downsample.{m.group(2)}"
-        elif key.startswith("head.fc."):
-            key = "head." + key.removeprefix("head.fc.")
-        out[key] = value
-    for i, depth in enumerate(depths):
-        r = img_size // patch // 2**i
-        for j in range(depth):
-            out[f"layers.{i}.blocks.{j}.attn.relative_position_index"] = _relative_position_index(
-                WINDOW
-            )
-            if j % 2 == 1 and r > WINDOW:
-                out[f"layers.{i}.blocks.{j}.attn_mask"] = _shifted_window_mask(r, WINDOW)
-    return out
-
-
-class _Source(nn.Module):
-    """The weights Ark trained, in current timm: Swin (with its unused 1000-class head), heads."""
-
-    def __init__(self, name, projector, seed):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.swin = timm.create_model(name, pretrained=False)  # head.fc: 1000 classes
-        width = self.swin.num_features
-        if projector == "mlp":
-            self.projector = nn.Sequential(
-                nn.Linear(width, EMBED), nn.ReLU(), nn.Linear(EMBED, EMBED)
-            )
-        else:
-            self.projector = nn.Linear(width, EMBED)
-        self.heads = nn.ModuleList(nn.Linear(EMBED, c) for c in HEADS)
-        g = torch.Generator().manual_seed(seed + 1)
-        with torch.no_grad():  # move every parameter off its default (LayerNorm 1/0 included)
-            for p in self.parameters():
-                p.add_(torch.randn(p.shape, generator=g) * 0.02)
-        self.eval()
-
-    def forward(self, x):
-        f = self.swin.forward_head(self.swin.forward_features(x), pre_logits=True)
-        z = self.projector(f)
-        return z, [h(z) for h in self.heads]
-
-    def released_state(self, depths):
-        """The released teacher file: a bare state dict in timm 0.5.4 names."""
-        sd = _to_timm054(self.swin.state_dict(), depths)
-        for prefix, module in (("projector.", self.projector), ("omni_heads.", self.heads)):
-            sd.update((prefix + k, v) for k, v in module.state_dict().items())
-        return sd
+from .official_releases import BASE, EMBED, HEADS, TINY, ArkRelease, to_timm054
 
 
 @pytest.fixture(scope="module", params=["linear", "mlp"])
 def tiny_source(request):
-    return request.param, _Source(TINY, request.param, seed=0)
+    return request.param, ArkRelease(TINY, request.param, seed=0)
 
 
 @pytest.fixture(scope="module")
 def mlp_source():
-    return _Source(TINY, "mlp", seed=0)
+    return ArkRelease(TINY, "mlp", seed=0)
 
 
 def _full_checkpoint(teacher, student, *, with_teacher=True):
@@ -203,7 +123,7 @@ def test_import_full_training_checkpoint(tmp_path, tiny_source, with_teacher):
 def test_no_projector_and_other_heads(tmp_path):
     torch.manual_seed(3)
     swin = timm.create_model(TINY, pretrained=False)
-    sd = _to_timm054(swin.state_dict(), (2, 2, 6, 2))
+    sd = to_timm054(swin.state_dict(), (2, 2, 6, 2))
     sd.update({"omni_heads.0.weight": torch.randn(5, 768), "omni_heads.0.bias": torch.randn(5)})
     torch.save(sd, tmp_path / "a.pth")
     report = import_official("ark", tmp_path / "a.pth", model_args={"head_names": ["TB"]})
@@ -281,7 +201,7 @@ def test_command_line_import(tmp_path, mlp_source):
 
 @pytest.mark.slow
 def test_import_released_swin_base(tmp_path):
-    source = _Source(BASE, "mlp", seed=7)
+    source = ArkRelease(BASE, "mlp", seed=7)
     path = tmp_path / "ark6_teacher_ep200_swinb_projector1376_mlp.pth.tar"
     torch.save(source.released_state((2, 2, 18, 2)), path)
     report = import_official("ark", path)

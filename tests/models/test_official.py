@@ -1,7 +1,5 @@
 """Importing the released Models Genesis checkpoint layout (built here, never downloaded)."""
 
-from collections import OrderedDict
-
 import pytest
 import torch
 
@@ -15,6 +13,8 @@ from models import (
     load_model,
     load_weights,
 )
+
+from .official_releases import write_official
 
 
 class _Payload:
@@ -35,35 +35,8 @@ def source_state():
     return state
 
 
-def _write_official(path, state, *, prefix="module.", wrap=True, legacy=False, epoch=42):
-    """Released layout: DataParallel-prefixed keys inside a training checkpoint dict."""
-    sd = OrderedDict((prefix + k, v) for k, v in state.items())
-    obj = sd
-    if wrap:
-        n = sum(1 for k in state if not k.endswith(("running_mean", "running_var", "tracked")))
-        obj = {
-            "epoch": epoch,
-            "state_dict": sd,
-            "optimizer_state_dict": {
-                "state": {0: {"momentum_buffer": torch.zeros(3)}},
-                "param_groups": [
-                    {
-                        "lr": 1.0,
-                        "momentum": 0.9,
-                        "dampening": 0,
-                        "weight_decay": 0,
-                        "nesterov": False,
-                        "params": list(range(n)),
-                    }
-                ],
-            },
-        }
-    torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
-    return path
-
-
 def test_import_released_layout_and_roundtrip(tmp_path, source_state):
-    src = _write_official(tmp_path / "Genesis_Chest_CT.pt", source_state)
+    src = write_official(tmp_path / "Genesis_Chest_CT.pt", source_state)
     out = tmp_path / "genesis.safetensors"
     report = import_official("genesis", src, out=out)
     assert report.ok and report.missing == [] and report.unexpected == []
@@ -98,7 +71,7 @@ def test_import_released_layout_and_roundtrip(tmp_path, source_state):
     ],
 )
 def test_import_accepts_variants(tmp_path, source_state, prefix, wrap, legacy):
-    src = _write_official(tmp_path / "g.pt", source_state, prefix=prefix, wrap=wrap, legacy=legacy)
+    src = write_official(tmp_path / "g.pt", source_state, prefix=prefix, wrap=wrap, legacy=legacy)
     report = import_official("genesis", src)
     assert report.ok
     assert report.stripped_prefix == (prefix or None)
@@ -112,7 +85,7 @@ def test_import_accepts_variants(tmp_path, source_state, prefix, wrap, legacy):
 def test_missing_key_is_reported(tmp_path, source_state):
     state = dict(source_state)
     del state["up_tr128.ops.1.conv1.weight"]
-    src = _write_official(tmp_path / "g.pt", state)
+    src = write_official(tmp_path / "g.pt", state)
     with pytest.raises(CheckpointMismatchError, match="up_tr128.ops.1.conv1.weight") as err:
         import_official("genesis", src)
     assert err.value.report.missing == ["up_tr128.ops.1.conv1.weight"]
@@ -127,14 +100,14 @@ def test_extra_key_is_reported(tmp_path, source_state):
     state = dict(source_state)
     state["up_tr64.ops.2.conv1.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointMismatchError, match="unexpected in file") as err:
-        import_official("genesis", _write_official(tmp_path / "g.pt", state))
+        import_official("genesis", write_official(tmp_path / "g.pt", state))
     assert err.value.report.unexpected == ["up_tr64.ops.2.conv1.weight"]
 
 
 def test_wrong_shape_is_reported(tmp_path, source_state):
     state = dict(source_state)
     state["down_tr256.ops.0.conv1.bias"] = torch.zeros(7)
-    src = _write_official(tmp_path / "g.pt", state)
+    src = write_official(tmp_path / "g.pt", state)
     with pytest.raises(
         CheckpointMismatchError, match=r"down_tr256.ops.0.conv1.bias.*\(7,\).*\(128,\)"
     ):
@@ -148,19 +121,19 @@ def test_wrong_shape_is_reported(tmp_path, source_state):
 
 def test_absent_batch_counters_are_defaulted(tmp_path, source_state):
     state = {k: v for k, v in source_state.items() if not k.endswith("num_batches_tracked")}
-    report = import_official("genesis", _write_official(tmp_path / "g.pt", state))
+    report = import_official("genesis", write_official(tmp_path / "g.pt", state))
     assert report.ok and len(report.filled) == 7 * 2  # 7 blocks x 2 LUConvs, one BN each
 
 
 def test_other_head_size_is_inferred(tmp_path):
     state = UNet3D(n_class=3).state_dict()
-    report = import_official("genesis", _write_official(tmp_path / "g.pt", state))
+    report = import_official("genesis", write_official(tmp_path / "g.pt", state))
     assert report.ok and report.model_args["n_class"] == 3
 
 
 def test_model_args_override(tmp_path, source_state):
     report = import_official(
-        "genesis", _write_official(tmp_path / "g.pt", source_state), model_args={"norm": "standard"}
+        "genesis", write_official(tmp_path / "g.pt", source_state), model_args={"norm": "standard"}
     )
     assert report.ok and report.model_args["norm"] == "standard"
     assert any(type(m) is torch.nn.BatchNorm3d for m in report.model.modules())
@@ -191,7 +164,7 @@ def test_command_line_import(tmp_path, source_state):
 
     from models.checkpoint import load_model
 
-    src = _write_official(tmp_path / "Genesis_Chest_CT.pt", source_state)
+    src = write_official(tmp_path / "Genesis_Chest_CT.pt", source_state)
     out = tmp_path / "genesis.safetensors"
     proc = subprocess.run(
         [sys.executable, "-m", "models.import_weights", "genesis", str(src), "--out", str(out)],

@@ -16,7 +16,6 @@ from imaging.dicom import read_image
 from imaging.distribution import phantom_statistics, unit_features
 from imaging.image import Image, Volume
 from imaging.phantoms import make_chest_ct, make_radiograph
-from imaging.phantoms.radiograph import GAIN, GAMMA, MU_WATER, _resample, resample_taps
 from imaging.preprocess import ark_cxr, genesis_ct, radiograph_to_unit
 from imaging.writers import radiograph_bytes
 from serve.errors import RequestError
@@ -25,17 +24,9 @@ from serve.limits import ConfigError
 from serve.registry import MODALITIES
 from serve.settings import Settings
 
+from .films import lateral_film
+
 RADIOGRAPH = MODALITIES["radiograph"]
-
-
-def lateral_film(ct, size=(160, 140)) -> np.ndarray:
-    """A phantom lateral film: :func:`make_radiograph`'s projection along the left-right axis."""
-    vol = ct.volume
-    D, H, _ = vol.shape
-    mu = np.maximum(MU_WATER * (1.0 + vol.voxels.astype(np.float64) / 1000.0), 0.0)
-    line = mu.sum(axis=2) * vol.spacing[2]
-    taps = resample_taps(D, size[0]), resample_taps(H, size[1])
-    return np.clip((1.0 - np.exp(-GAIN * _resample(line, *taps))) ** GAMMA, 0, 1).astype("f4")
 
 
 def film_image(pixels: np.ndarray, view: str | None = None, modality="CR") -> Image:

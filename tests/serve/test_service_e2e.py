@@ -410,7 +410,7 @@ def test_metrics_have_stage_histograms_batch_sizes_and_error_codes(server):
 
 
 def _lateral(seed: int) -> bytes:
-    from .test_guard import lateral_film
+    from .films import lateral_film
 
     film = lateral_film(make_chest_ct(seed, shape=(40, 96, 96)))
     ds = pydicom.dcmread(io.BytesIO(radiograph_bytes(film, modality="CR")))
