@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from kernels._dispatch import numba_available
 from kernels.genesis import (
     GenesisParams,
     GenesisTransformConfig,
@@ -129,13 +130,6 @@ def test_painting_touches_only_what_it_should(inpaint_rate):
         np.testing.assert_array_equal(out[fill], noise[fill])
         if inpaint_rate == 0.0:
             assert mask.any() and (~mask).any()
-
-
-def test_painting_off_leaves_cube():
-    cubes = torch.rand((4, 1, 20, 20, 14), generator=gen(1))
-    params = sample_genesis_params(cubes.shape, OFF_CONFIG, gen(2))
-    x, y = apply_genesis_reference(cubes, params, OFF_CONFIG)
-    assert torch.equal(x, cubes) and torch.equal(y, cubes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,21 +290,49 @@ def test_readable_errors():
     assert isinstance(params, GenesisParams)
 
 
+ON_CONFIG = only(local_rate=1.0, nonlinear_rate=1.0, shuffle_blocks=50)
+
+
+def _reference_result(cubes, seed):
+    """What the reference path gives for ``transform_batch(cubes, ON_CONFIG, gen(seed))``."""
+    params = sample_genesis_params(cubes.shape, ON_CONFIG, gen(seed))
+    return apply_genesis_reference(cubes, params, ON_CONFIG)
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("the Numba path ran")
+
+
 @pytest.mark.parametrize("value", ["torch", "reference", "TORCH "])
 def test_dispatch_env_forces_reference(monkeypatch, value):
-    cubes = torch.rand(1, 1, 16, 16, 16)
+    """With ``ANATOMIX_KERNELS`` naming the reference, the Numba kernel is not called (it would
+    raise) and the transformed batch is the reference's."""
+    cubes = torch.rand(2, 1, 16, 16, 16, generator=gen(3))
     monkeypatch.setenv("ANATOMIX_KERNELS", value)
+    if numba_available():
+        from kernels import genesis_cpu
+
+        monkeypatch.setattr(genesis_cpu, "apply_genesis_cpu", _must_not_run)
     assert not use_triton(cubes)
-    x, _ = transform_batch(cubes, OFF_CONFIG, gen(0))
-    assert torch.equal(x, cubes)
+    x, y = transform_batch(cubes, ON_CONFIG, gen(0))
+    want_x, want_y = _reference_result(cubes, 0)
+    assert torch.equal(x, want_x) and torch.equal(y, want_y) and not torch.equal(x, cubes)
 
 
 def test_dispatch_env(monkeypatch):
     cubes = torch.rand(1, 1, 16, 16, 16)
     monkeypatch.delenv("ANATOMIX_KERNELS", raising=False)
     assert not use_triton(cubes)  # CPU tensors never go to Triton by default
-    x, _ = transform_batch(cubes, OFF_CONFIG, gen(0))
-    assert torch.equal(x, cubes)
+    if numba_available():  # ... and go to the Numba kernel when it is installed
+        from kernels import genesis_cpu
+
+        calls = []
+        real = genesis_cpu.apply_genesis_cpu
+        monkeypatch.setattr(
+            genesis_cpu, "apply_genesis_cpu", lambda *a, **k: calls.append(1) or real(*a, **k)
+        )
+        transform_batch(cubes, ON_CONFIG, gen(0))
+        assert calls == [1]
     if not torch.cuda.is_available():
         # Without the interpreter Triton has no CPU driver: forcing it must say so clearly.
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)
