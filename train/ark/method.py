@@ -1,4 +1,4 @@
-"""Ark as a :class:`~train.engine.Method`: one backbone, one head per dataset, an EMA teacher.
+"""Ark as a :class:`~train.method.Method`: one backbone, one head per dataset, an EMA teacher.
 
 Each round visits the datasets cyclically, one full epoch each (the engine's *phases*). In the
 epoch of dataset i (entry ``it = round * n_datasets + i`` of the schedules):

@@ -123,7 +123,7 @@ def new_task_model(cfg: TransferConfig, num_classes: int) -> ArkModel:
 
 
 class TransferMethod(Method):
-    """Fine-tuning as a :class:`~train.engine.Method` (one head, all weights trained)."""
+    """Fine-tuning as a :class:`~train.method.Method` (one head, all weights trained)."""
 
     def __init__(self, cfg: TransferConfig, run_dir: str | Path) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)

@@ -1,4 +1,4 @@
-"""Fine-tuning as a :class:`~train.engine.Method`: 3D segmentation (U-Net, Dice + BCE) or 3D
+"""Fine-tuning as a :class:`~train.method.Method`: 3D segmentation (U-Net, Dice + BCE) or 3D
 classification (Genesis encoder + MLP head, BCE), from scratch or from Genesis weights."""
 
 from __future__ import annotations

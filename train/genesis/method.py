@@ -1,4 +1,4 @@
-"""Models Genesis as a :class:`~train.engine.Method`: restore the original cube from its
+"""Models Genesis as a :class:`~train.method.Method`: restore the original cube from its
 transformed version; loss = MSE(sigmoid output, original), as released."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""PEAC as a :class:`~train.engine.Method`: POPAR restoration + global/local consistency.
+"""PEAC as a :class:`~train.method.Method`: POPAR restoration + global/local consistency.
 
 PEAC: Zhou, Luo, Pang, Ding, Gotway, Liang, "Learning Anatomically Consistent Embedding for Chest
 Radiography", BMVC 2023 (oral), arXiv:2312.00335; official code https://github.com/jlianglab/PEAC
