@@ -48,7 +48,7 @@ from train.checkpoints import checkpoint_key, verify_checksums
 
 ROOT = Path(__file__).resolve().parents[1]
 KEEP = 2  # loop.keep_checkpoints of the run (the default)
-# The tests' small run (tests/train/test_engine.py SMALL), without loop.epochs.
+# The tests' small run (tests/train/genesis_small.py SMALL), without loop.epochs.
 OVERRIDES = [
     "data.synthetic_train=2",
     "data.synthetic_val=1",

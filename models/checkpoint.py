@@ -174,15 +174,22 @@ def load_model(path: str | os.PathLike) -> nn.Module:
         CheckpointError: the file does not name a model, or keys/shapes do not match.
         KeyError: the model name is not registered.
     """
-    state, info = load_weights(path)
+    return model_from_weights(*load_weights(path), source=path)
+
+
+def model_from_weights(
+    state: dict[str, torch.Tensor], info: WeightsInfo, source: str | os.PathLike = "weights"
+) -> nn.Module:
+    """:func:`load_model` on what :func:`load_weights` already read (one read of the file when
+    the caller also needs ``info``); ``source`` names it in errors."""
     if not info.model_name:
-        raise CheckpointError(f"{path} does not record a model_name; use load_weights instead")
+        raise CheckpointError(f"{source} does not record a model_name; use load_weights instead")
     model = build_model(info.model_name, **info.model_args)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointMismatchError(
-            f"{path}: weights do not fit {info.model_name}({info.model_args}): {exc}"
+            f"{source}: weights do not fit {info.model_name}({info.model_args}): {exc}"
         ) from exc
     return model
 

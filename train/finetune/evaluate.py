@@ -16,7 +16,13 @@ from pathlib import Path
 
 import torch
 
-from models.checkpoint import atomic_write_bytes, load_model, load_weights, save_weights
+from models.checkpoint import (
+    WeightsInfo,
+    atomic_write_bytes,
+    load_weights,
+    model_from_weights,
+    save_weights,
+)
 from models.unet3d import batch_independent
 
 from ..config import load_config
@@ -55,9 +61,8 @@ def volume_scores(probs_masks, threshold: float) -> dict:
     return {"volume_dice": sum(dices) / len(dices), "volume_iou": sum(ious) / len(ious)}
 
 
-def served_threshold(run_dir: Path, cfg: FinetuneConfig) -> float:
-    """The threshold in the best weights' card (what an export serves), else the config's."""
-    _, info = load_weights(run_dir / "model.safetensors")
+def served_threshold(info: WeightsInfo, cfg: FinetuneConfig) -> float:
+    """The threshold in the weights' card ``info`` (what an export serves), else the config's."""
     return float(info.metadata.get("inference", {}).get("threshold", cfg.eval.threshold))
 
 
@@ -76,7 +81,7 @@ def calibrate_threshold(run_dir: str | Path) -> dict:
         raise ValueError(f"{run_dir}: task {task.name} has no validation volumes to calibrate on")
     path = run_dir / "model.safetensors"
     state, info = load_weights(path)
-    model = load_model(path).eval()
+    model = model_from_weights(state, info, path).eval()
     probs = volume_probabilities(model, task.volumes_val, task.cube_size, cfg.eval)
     grid = {t: volume_scores(probs, t)["volume_dice"] for t in THRESHOLDS}
     best = max(grid.values())
@@ -96,8 +101,10 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
     run_dir = Path(run_dir)
     cfg = load_config(FinetuneConfig, run_dir / "config.yaml")
     task = build_task(cfg.task.name, **cfg.task.args)
-    model = load_model(run_dir / "model.safetensors").eval()
-    threshold = served_threshold(run_dir, cfg)
+    path = run_dir / "model.safetensors"
+    state, info = load_weights(path)
+    model = model_from_weights(state, info, path).eval()
+    threshold = served_threshold(info, cfg)
     cubes = getattr(task, split)
     result = {
         "task": task.name,
