@@ -55,10 +55,13 @@ from export.bundle import ExportOptions, build_export  # noqa: E402
 from export.manifest import read_manifest  # noqa: E402
 from export.runtime import Runtime, load  # noqa: E402
 from export.source import ModelSource, resolve_source  # noqa: E402
+from models.ark import ARK  # noqa: E402
 from models.checkpoint import save_weights  # noqa: E402
-from models.registry import build_model  # noqa: E402
+from models.peac import PEAC  # noqa: E402
+from models.registry import build_model, family_names, get_family  # noqa: E402
+from models.unet3d import GENESIS_CLASSIFIER, GENESIS_UNET  # noqa: E402
 
-FAMILIES = ("genesis", "ark", "peac")
+FAMILIES = tuple(family_names())
 CONTENDERS = ("torch", "ort_fp32", "ort_int8")
 BATCHES = (1, 8)
 SLOW_S = 5.0  # a warm-up call slower than this gets at most SLOW_REPEATS timed calls
@@ -102,22 +105,26 @@ def _ark_spec(size: str) -> Spec:
     px = int(cfg["views"]["size"])
     args = {k: cfg["model"][k] for k in ("backbone", "embed_dim", "projector")}
     args |= {"img_size": px, "head_sizes": ARK_HEADS[size]}
-    return Spec(f"ark_{size}", "ark", "ark", args, (3, px, px), 16 if size == "tiny" else 4)
+    n = 16 if size == "tiny" else 4
+    return Spec(f"ark_{size}", ARK.family, ARK.model_name, args, (3, px, px), n)
 
 
 def _peac_spec(size: str) -> Spec:
     m = _preset(f"configs/peac/{size}.yaml")["model"]
     args = {k: m[k] for k in ("backbone", "img_size", "global_dims", "local_dims")}
     px = int(m["img_size"])
-    return Spec(f"peac_{size}", "peac", "peac", args, (3, px, px), 16 if size == "tiny" else 4)
+    n = 16 if size == "tiny" else 4
+    return Spec(f"peac_{size}", PEAC.family, PEAC.model_name, args, (3, px, px), n)
 
 
 def _genesis_specs(cube: tuple[int, int, int]) -> list[Spec]:
     tag = "x".join(map(str, cube))
+    unet, cls = GENESIS_UNET, GENESIS_CLASSIFIER
     return [
-        Spec(f"genesis_unet_{tag}", "genesis", "unet3d", {"norm": "batch_stats"}, (1, *cube)),
-        Spec(f"genesis_cls_{tag}", "genesis", "genesis_classifier", {"n_classes": 1}, (1, *cube)),
-    ]
+        Spec(f"genesis_unet_{tag}", unet.family, unet.model_name, {"norm": "batch_stats"},
+             (1, *cube)),
+        Spec(f"genesis_cls_{tag}", cls.family, cls.model_name, {"n_classes": 1}, (1, *cube)),
+    ]  # fmt: skip
 
 
 def build_specs(families, quick: bool) -> list[Spec]:
@@ -177,8 +184,8 @@ def torch_predictor(source: ModelSource) -> Callable[[np.ndarray], list[np.ndarr
     probabilities; PEAC's token map), i.e. the same forward without the training-only heads.
     """
     model = source.model.eval()
-    if source.model_name in ("unet3d", "genesis_classifier"):
-        logits = source.model_name == "genesis_classifier" or model.out_activation is None
+    if get_family(source.model_name).family == GENESIS_UNET.family:
+        logits = source.model_name == GENESIS_CLASSIFIER.model_name or model.out_activation is None
 
         def module(x):
             y = model(x)
@@ -393,8 +400,8 @@ def ark_auroc(run_dir: Path, out: Path, threads: int) -> dict:
 def run_accuracy(out: Path, threads: int, families) -> dict:
     """Train (or reuse) the tiny runs, export them INT8, and score fp32 against INT8."""
     jobs = {
-        "genesis": (FINETUNE_ARGS, "genesis_finetune_tiny", genesis_dice),
-        "ark": (ARK_ARGS, "ark_tiny", ark_auroc),
+        GENESIS_UNET.family: (FINETUNE_ARGS, "genesis_finetune_tiny", genesis_dice),
+        ARK.family: (ARK_ARGS, "ark_tiny", ark_auroc),
     }
     results = {}
     for family, (cli_args, name, score) in jobs.items():

@@ -15,7 +15,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +24,18 @@ import torch
 from imaging.distribution import phantom_statistics
 from imaging.preprocess import Preprocessing, prepare_radiograph, prepare_volume
 from imaging.sliding import WindowSpec
+from models.registry import get_family
 
-from .adapters import FAMILIES, ExportGraph, build_graph
+from .adapters import ExportGraph, build_graph
 from .manifest import (
     Manifest,
     ModelFile,
-    OutputSpec,
     ParityRecord,
     TensorSpec,
     sha256_file,
     write_manifest,
 )
 from .onnx import (
-    DEFAULT_OPSET,
     INPUT_NAME,
     ExportError,
     compare,
@@ -46,30 +45,13 @@ from .onnx import (
     torch_outputs,
     verify_onnx,
 )
+from .options import FORMATS, PRECISIONS, ExportOptions
 from .source import ModelSource
+
+__all__ = ["FORMATS", "PRECISIONS", "ExportOptions", "ExportResult", "build_export"]
 
 FP32_TOL = 1e-4  # rtol and atol of the fp32 ONNX Runtime parity check (issue #8)
 FP16_TOL = 1e-2
-PRECISIONS = ("fp32", "fp16", "int8")
-FORMATS = ("onnx", "tensorrt", "all")
-
-
-@dataclass
-class ExportOptions:
-    """What to export and how (the ``export.run`` flags)."""
-
-    task: str | None = None
-    formats: str = "onnx"
-    precision: str = "fp32"
-    max_batch: int = 16
-    opset: int = DEFAULT_OPSET
-    head: str | None = None
-    batch_norm: str | None = None  # default: the training card's, else "per_sample"
-    roi_size: tuple[int, int, int] | None = None
-    quantization: str | None = None  # "dynamic" | "static"; default by family
-    calibration_samples: int = 16
-    name: str | None = None
-    simplify: bool = True
 
 
 @dataclass
@@ -221,6 +203,7 @@ def build_export(
     out.mkdir(parents=True, exist_ok=True)
     clean_export_dir(out)  # an interrupted export leaves no manifest, a new one no stale files
     pre = Preprocessing.from_dict(source.card["preprocessing"])
+    family = get_family(source.model_name)
     graph = build_graph(
         source.model,
         source.model_name,
@@ -307,7 +290,7 @@ def build_export(
 
     manifest = Manifest(
         name=opts.name or out.name,
-        family=FAMILIES[source.model_name],
+        family=family.family,
         task=graph.task,
         model_name=source.model_name,
         model_args=json.loads(json.dumps(source.model_args)),
@@ -321,15 +304,13 @@ def build_export(
                 int(opts.max_batch),
             )
         ],
-        outputs=[
-            OutputSpec(o.name, o.meaning, o.activation, list(o.shape), o.labels, o.head)
-            for o in graph.outputs
-        ],
+        outputs=[replace(o, shape=list(o.shape)) for o in graph.outputs],
         preprocessing=pre,
         files=files,
         source=source.describe(),
         exporter=_versions(opts.opset) | {"simplified": info["simplified"]},
         parity=parity,
+        serves=family.serves(graph.task),
         inference=_inference(source.card, graph, source.config),
         quantization=quant,
         config=source.config,

@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from imaging.atomic import atomic_write_bytes
+from imaging.outputs import ACTIVATIONS, MEANINGS, OutputSpec
 from imaging.preprocess import Preprocessing
 
-SCHEMA_VERSION = 1
+#: 2: ``serves`` (the serving roles an export fills) is recorded; a family is any registered one
+SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
-FAMILIES = ("genesis", "ark", "peac")
 TASKS = ("segment", "restore", "classify", "embed", "correspond")
-MEANINGS = ("probabilities", "mask_probabilities", "restored", "embedding", "token_map")
-ACTIVATIONS = ("sigmoid", "softmax", "none")
 PRECISIONS = ("fp32", "fp16", "int8")
 FORMATS = ("onnx", "tensorrt")
 
@@ -53,18 +52,6 @@ class TensorSpec:
     shape: list
     multiple_of: list[int]
     max_batch: int
-
-
-@dataclass
-class OutputSpec:
-    """One graph output and what it means (see :mod:`export.adapters`)."""
-
-    name: str
-    meaning: str
-    activation: str
-    shape: list
-    labels: list[str] | None = None
-    head: str | None = None
 
 
 @dataclass
@@ -109,6 +96,10 @@ class Manifest:
     source: dict
     exporter: dict
     parity: list[ParityRecord]
+    #: serving role → rank (lower is preferred) of the roles this export can fill, from its
+    #: family descriptor at export (:meth:`models.family.Family.serves`); the server reads
+    #: only this, so it needs no knowledge of model families
+    serves: dict[str, int] = field(default_factory=dict)
     inference: dict = field(default_factory=dict)
     quantization: dict | None = None
     config: dict | None = None
@@ -194,6 +185,7 @@ _TOP = {
     "source": ("dict", True),
     "exporter": ("dict", True),
     "parity": ("list", True),
+    "serves": ("dict", True),
     "inference": ("dict", False),
     "quantization": ("dict?", False),
     "config": ("dict?", False),
@@ -258,14 +250,19 @@ def manifest_from_dict(d: Any) -> Manifest:
     Raises:
         ManifestError: naming the first offending field.
     """
-    _check(d, "$", _TOP)
-    if d["schema_version"] != SCHEMA_VERSION:
+    if isinstance(d, dict) and d.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        # before the fields: an older manifest lacks some, and re-exporting is the fix
         raise ManifestError(
             f"schema_version {d['schema_version']} is not supported (this anatomix reads "
             f"{SCHEMA_VERSION}); re-export the model"
         )
-    _choice(d["family"], FAMILIES, "family")
+    _check(d, "$", _TOP)
+    if not d["family"].isidentifier():
+        raise ManifestError(f"field family must be a family name, got {d['family']!r}")
     _choice(d["task"], TASKS, "task")
+    for role, rank in d["serves"].items():
+        if not role.isidentifier() or isinstance(rank, bool) or not isinstance(rank, int):
+            raise ManifestError(f"field serves.{role} must map a role name to an integer rank")
     if not d["inputs"] or not d["outputs"] or not d["files"]:
         raise ManifestError("inputs, outputs and files must each list at least one entry")
     inputs, outputs, files, parity = [], [], [], []
@@ -313,6 +310,7 @@ def manifest_from_dict(d: Any) -> Manifest:
         source=d["source"],
         exporter=d["exporter"],
         parity=parity,
+        serves=dict(d["serves"]),
         schema_version=d["schema_version"],
         **rest,
     )

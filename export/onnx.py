@@ -25,9 +25,8 @@ from imaging.atomic import atomic_path
 
 from .adapters import ExportGraph
 from .manifest import ParityRecord
+from .options import DEFAULT_OPSET, MIN_OPSET
 
-DEFAULT_OPSET = 18
-MIN_OPSET = 17
 INPUT_NAME = "image"
 #: Operators quantised to INT8: the compute-heavy ones; normalisation and softmax stay fp32.
 QUANTISED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")

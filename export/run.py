@@ -15,11 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from models.unet3d import BATCH_NORM_MODES
+from models.family import BATCH_NORM_MODES
 
-from .bundle import FORMATS, PRECISIONS, ExportOptions, build_export
-from .manifest import ManifestError
-from .onnx import DEFAULT_OPSET, MIN_OPSET, ExportError
+from .options import DEFAULT_OPSET, FORMATS, MIN_OPSET, PRECISIONS, ExportOptions
+
+# the exporter (torch, timm) is imported once the arguments are parsed: `--help` stays fast
 
 
 def _roi(text: str) -> tuple[int, int, int]:
@@ -47,13 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--official",
-        choices=("genesis", "ark", "peac"),
-        help="PATH is an officially released checkpoint of this family",
+        metavar="FAMILY",
+        help="PATH is an officially released checkpoint of this method family "
+        "(`python -m models.import_weights --help` lists them)",
     )
     p.add_argument(
         "--task",
-        help="segment|restore (U-Net), classify (Genesis classifier, Ark), "
-        "embed (Ark, PEAC), correspond (PEAC); default: the task it was trained for",
+        help="what to export the model for; each model's tasks are listed in docs/DESIGN.md "
+        "(the family registry); default: the task it was trained for, else the model's first",
     )
     p.add_argument(
         "--format",
@@ -106,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .bundle import build_export
+    from .manifest import ManifestError
+    from .onnx import ExportError
     from .source import resolve_source
 
     opts = ExportOptions(

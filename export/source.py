@@ -14,9 +14,9 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from imaging.preprocess import ark_cxr, genesis_ct, peac_cxr
 from models.checkpoint import CheckpointError, load_model, load_weights
-from models.official import OFFICIAL_IMPORTERS, import_official
+from models.official import import_official
+from models.registry import get_family, official_families
 
 from .manifest import sha256_file
 
@@ -48,14 +48,13 @@ class ModelSource:
 
 
 def default_card(model: nn.Module, model_name: str) -> dict:
-    """The published preprocessing and generic labels, for files that record no card."""
-    if model_name in ("unet3d", "genesis_classifier"):
-        return {"task": None, "preprocessing": genesis_ct().to_dict()}
-    if model_name == "ark":
-        return {"task": None, "preprocessing": ark_cxr(int(model.img_size)).to_dict()}
-    if model_name == "peac":
-        return {"task": None, "preprocessing": peac_cxr(int(model.img_size)).to_dict()}
-    raise ValueError(f"no export defaults for model {model_name!r}")
+    """The family's published preprocessing, for files that record no card (labels then
+    default to generic names)."""
+    try:
+        family = get_family(model_name)
+    except KeyError:
+        raise ValueError(f"no export defaults for model {model_name!r}") from None
+    return {"task": None, "preprocessing": family.preprocessing(model).to_dict()}
 
 
 def _read_config(run_dir: Path) -> dict | None:
@@ -76,7 +75,8 @@ def resolve_source(path: str | os.PathLike, *, official: str | None = None) -> M
         path: a run directory (its ``model.safetensors``, the best validation weights), a
             ``.safetensors`` weights file written by anatomix, or a released checkpoint
             (``.pt``/``.pth``/``.tar``) when ``official`` names its family.
-        official: ``"genesis"``, ``"ark"`` or ``"peac"`` for a released checkpoint.
+        official: the method family of a released checkpoint
+            (:func:`models.registry.official_families`).
 
     Raises:
         FileNotFoundError: nothing at ``path``.
@@ -86,9 +86,9 @@ def resolve_source(path: str | os.PathLike, *, official: str | None = None) -> M
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such run directory or file")
     if official is not None:
-        if official not in OFFICIAL_IMPORTERS:
+        if official not in official_families():
             raise ValueError(
-                f"unknown official family {official!r}; valid: {', '.join(OFFICIAL_IMPORTERS)}"
+                f"unknown official family {official!r}; valid: {', '.join(official_families())}"
             )
         report = import_official(official, path)
         model = report.model.eval()
@@ -115,7 +115,7 @@ def resolve_source(path: str | os.PathLike, *, official: str | None = None) -> M
     elif path.suffix.lower() in OFFICIAL_SUFFIXES:
         raise ValueError(
             f"{path} is a released PyTorch checkpoint: say whose with --official "
-            f"{{{','.join(OFFICIAL_IMPORTERS)}}}"
+            f"{{{','.join(official_families())}}}"
         )
     try:
         _, info = load_weights(path)

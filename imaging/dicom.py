@@ -26,8 +26,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from . import jpeg_plugin, voi
 from . import pixels as px
-from . import voi
 from .errors import (
     CorruptFileError,
     ImageTooLargeError,
@@ -43,6 +43,7 @@ from .source import Source, open_source
 # pydicom's validation warnings and log records quote attribute values, which may be patient
 # identifiers; this layer never lets them out (values are still read, invalid ones raise below).
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+jpeg_plugin.register()  # JPEG Lossless and 12-bit without the GPL plugin (imaging/jpeg_plugin.py)
 
 #: Default guard on declared ``Rows × Columns × NumberOfFrames`` (256 Mpx ≈ 1 GiB as float32).
 DEFAULT_MAX_PIXELS = 256 * 1024 * 1024

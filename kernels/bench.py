@@ -14,126 +14,6 @@ the bytes the op must move against a measured device-to-device copy. Not part of
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
-import time
-from pathlib import Path
-
-import numpy as np
-import torch
-
-from ._dispatch import numba_available
-from .genesis import (
-    GenesisTransformConfig,
-    apply_genesis,
-    sample_genesis_params,
-    transform_batch,
-)
-from .grid import match_patches
-
-BASELINE = Path(__file__).resolve().parents[1] / "bench" / "genesis_numpy_loop.py"
-
-
-def _baseline():
-    spec = importlib.util.spec_from_file_location("genesis_numpy_loop", BASELINE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.transform_batch_loop
-
-
-def _best(fn, repeat: int, sync=lambda: None) -> float:
-    fn()  # warm-up (compilation, caches)
-    sync()
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def _forced(path: str, fn):
-    def run():
-        old = os.environ.get("ANATOMIX_KERNELS")
-        os.environ["ANATOMIX_KERNELS"] = path
-        try:
-            return fn()
-        finally:
-            if old is None:
-                os.environ.pop("ANATOMIX_KERNELS", None)
-            else:
-                os.environ["ANATOMIX_KERNELS"] = old
-
-    return run
-
-
-def _apply_only(dev: torch.Tensor, cfg: GenesisTransformConfig, calls: int):
-    """Applying parameters drawn beforehand and already on the GPU: each call gets a fresh set, so
-    the permutation table is still built on the device in every timed call, as in training."""
-    gen = torch.Generator().manual_seed(1)
-    drawn = [sample_genesis_params(dev.shape, cfg, gen).to(dev.device) for _ in range(calls)]
-    torch.cuda.synchronize()
-
-    def run():
-        return apply_genesis(dev, drawn.pop(), cfg)
-
-    return run
-
-
-def transform_rates(
-    batch: int, shape: tuple[int, int, int], repeat: int, baseline_cubes: int
-) -> tuple[list[tuple[str, float]], list[str]]:
-    """Genesis transforms in cubes/s on every path this machine has, NumPy loop first (the
-    baseline), as ``(rows of (path, rate), notes)``."""
-    cfg = GenesisTransformConfig()
-    cubes = torch.rand((batch, 1, *shape))
-    rows = []
-
-    loop = _baseline()
-    small = cubes[:baseline_cubes].numpy().astype(np.float64)
-    t = _best(lambda: loop(small, seed=0), 1)
-    rows.append(("(a) NumPy per-cube loop, CPU", baseline_cubes / t))
-    gen = torch.Generator().manual_seed(0)
-    t = _best(_forced("torch", lambda: transform_batch(cubes, cfg, gen)), repeat)
-    rows.append(("(b) PyTorch reference, CPU, batched", batch / t))
-    if numba_available():
-        t = _best(_forced("numba", lambda: transform_batch(cubes, cfg, gen)), repeat)
-        rows.append(("(b2) Numba CPU kernel (compiled, parallel over cubes)", batch / t))
-    else:
-        rows.append(("(b2) Numba CPU kernel: numba is not installed", float("nan")))
-
-    gbs = []
-    if torch.cuda.is_available():
-        t = _best(lambda: sample_genesis_params(cubes.shape, cfg, gen), repeat)
-        rows.append(("(s) drawing the parameters alone, CPU", batch / t))
-        dev = cubes.cuda()
-        sync = torch.cuda.synchronize
-        t = _best(_forced("torch", lambda: transform_batch(dev, cfg, gen)), repeat, sync)
-        rows.append(("(c) PyTorch reference, GPU", batch / t))
-        try:
-            t = _best(_forced("triton", lambda: transform_batch(dev, cfg, gen)), repeat, sync)
-            rows.append(("(d) Triton kernel, GPU", batch / t))
-            for label, path in (
-                ("(c2) PyTorch reference", "torch"),
-                ("(d2) Triton kernel", "triton"),
-            ):
-                t = _best(_forced(path, _apply_only(dev, cfg, repeat + 1)), repeat, sync)
-                rows.append((f"{label}, GPU, apply only", batch / t))
-            moved = 4 * dev.numel() * dev.element_size()  # cube + noise in, x + y out
-            copy_t = _best(lambda: dev.clone(), repeat, sync)
-            copy_gbs = 2 * dev.numel() * dev.element_size() / copy_t / 1e9
-            gbs = [
-                f"(d2) {moved / t / 1e9:.1f} GB/s for the bytes the op must move (cubes and noise "
-                f"in, x and y out; the permutation table excluded); device copy {copy_gbs:.1f} "
-                f"GB/s ({moved / t / 1e9 / copy_gbs:.0%})"
-            ]
-        except RuntimeError as exc:
-            rows.append((f"(d) Triton kernel unavailable: {exc}", float("nan")))
-    else:
-        rows.append(("(c)/(d) GPU paths: no CUDA device on this machine", float("nan")))
-
-    return rows, gbs
 
 
 def main() -> None:
@@ -148,6 +28,8 @@ def main() -> None:
         help="cubes timed for the slow NumPy loop (its rate is per cube)",
     )
     args = parser.parse_args()
+    from .rates import grid_rates, transform_rates  # torch: after --help
+
     rows, notes = transform_rates(args.batch, tuple(args.shape), args.repeat, args.baseline_cubes)
     base = rows[0][1]
     print(f"Genesis transforms, cubes {tuple(args.shape)}, batch {args.batch}")
@@ -161,36 +43,6 @@ def main() -> None:
     print(f"{'path':<54} {'samples/s':>10} {'× ref CPU':>10}")
     for name, rate in grid:
         print(f"{name:<54} {rate:>10.1f} {rate / grid[0][1]:>10.2f}")
-
-
-def grid_rates(batch: int, repeat: int) -> list[tuple[str, float]]:
-    """PEAC grid matching, forward + backward, in samples/s per path (CPU reference first):
-    14×14 token maps of 1024 channels per view."""
-    gen = torch.Generator().manual_seed(0)
-    tokens1 = torch.rand(batch, 14, 14, 1024, generator=gen)
-    tokens2 = torch.rand(batch, 14, 14, 1024, generator=gen)
-    box1 = torch.randint(0, 5, (batch, 2), generator=gen)
-    box2 = torch.randint(0, 5, (batch, 2), generator=gen)
-
-    def step(t1, t2):
-        a, b = t1.clone().requires_grad_(), t2.clone().requires_grad_()
-        match_patches(a, b, box1.to(t1.device), box2.to(t1.device)).backward()
-
-    rows = [
-        ("reference, CPU", batch / _best(_forced("torch", lambda: step(tokens1, tokens2)), repeat))
-    ]
-    if torch.cuda.is_available():
-        d1, d2 = tokens1.cuda(), tokens2.cuda()
-        sync = torch.cuda.synchronize
-        rows.append(
-            ("reference, GPU", batch / _best(_forced("torch", lambda: step(d1, d2)), repeat, sync))
-        )
-        rows.append(
-            ("Triton, GPU", batch / _best(_forced("triton", lambda: step(d1, d2)), repeat, sync))
-        )
-    else:
-        rows.append(("GPU paths: no CUDA device on this machine", float("nan")))
-    return rows
 
 
 if __name__ == "__main__":

@@ -28,7 +28,11 @@ import torch
 from timm.models import get_pretrained_cfg
 from torch import nn
 
+from imaging.outputs import OutputSpec
+from imaging.preprocess import ark_cxr
+
 from . import backbones  # noqa: F401  (registers the small timm backbones of CPU presets)
+from .family import ExportGraph, Family, GraphOptions, card_labels, register
 
 PROJECTORS = ("linear", "mlp", "none")
 
@@ -201,3 +205,83 @@ class ArkModel(nn.Module):
         if not -self.num_heads <= head < self.num_heads:
             raise IndexError(f"head {head} out of range for {self.num_heads} heads")
         return z, self.omni_heads[head](z)
+
+
+# -------------------------------------------------------------------------------- family
+
+
+class _ExportHeads(nn.Module):
+    """Ark for export: the embedding and each chosen head's activated probabilities."""
+
+    def __init__(self, net: ArkModel, heads: list[int], activations: list[str]):
+        super().__init__()
+        self.net, self.heads, self.activations = net, heads, activations
+
+    def forward(self, image: torch.Tensor):
+        z = self.net.embed(image)
+        outs = []
+        for h, act in zip(self.heads, self.activations, strict=True):
+            logits = self.net.omni_heads[h](z)
+            outs.append(
+                torch.softmax(logits, dim=-1) if act == "softmax" else torch.sigmoid(logits)
+            )
+        return (z, *outs)
+
+
+def _export(model: ArkModel, task: str, card: dict, options: GraphOptions) -> ExportGraph:
+    """``embed`` (the shared embedding) or ``classify`` (the embedding and every head's — or
+    ``options.head``'s — probabilities, with the activation and labels the card records)."""
+    size, chans = int(model.img_size), int(model.in_chans)
+    heads: list[int] = []
+    if task == "classify":
+        if not model.head_names:
+            raise ValueError("this Ark model has no heads; export it with --task embed")
+        if options.head is not None:
+            if options.head not in model.head_names:
+                raise ValueError(f"no head {options.head!r}; heads: {', '.join(model.head_names)}")
+            heads = [model.head_names.index(options.head)]
+        else:
+            heads = list(range(len(model.head_names)))
+    acts = card.get("activations") or {}
+    outputs = [OutputSpec("embedding", "embedding", "none", ["batch", int(model.embed_dim)])]
+    activations = []
+    for h in heads:
+        name = model.head_names[h]
+        n = model.omni_heads[h].out_features
+        act = acts.get(name, "sigmoid")
+        activations.append(act)
+        labels = card_labels(card, name, n)
+        outputs.append(
+            OutputSpec(f"probs_{name}", "probabilities", act, ["batch", n], labels, name)
+        )
+    return ExportGraph(
+        _ExportHeads(model, heads, activations),
+        task,
+        ["batch", chans, size, size],
+        (2, chans, size, size),
+        [1, 1, 1, 1],
+        outputs,
+    )
+
+
+def _import_release(path, **kwargs):
+    """The Foundation Ark release importer (imported on use)."""
+    from .official_ark import import_ark
+
+    return import_ark(path, **kwargs)
+
+
+ARK = register(
+    Family(
+        family="ark",
+        model_name="ark",
+        builder=ArkModel,
+        tasks=("classify", "embed"),
+        export=_export,
+        preprocessing=lambda model: ark_cxr(int(model.img_size)),
+        # an Ark embedding export is the embedding service's first choice; a classifier
+        # export can embed too (its first output), after any dedicated embedding export
+        roles={"classify": {"cxr_classify": 0, "embed": 2}, "embed": {"embed": 0}},
+        importer=_import_release,
+    )
+)

@@ -36,10 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imaging.preprocess import CropGeometry, center_crop_offsets, shorter_side_size
+from imaging.outputs import OutputSpec
+from imaging.preprocess import CropGeometry, center_crop_offsets, peac_cxr, shorter_side_size
 from kernels.patches import shuffle_patches
 
 from .ark import _create_backbone
+from .family import ExportGraph, Family, GraphOptions, register
 
 #: PEAC's intensity normalisation of [0, 1] images (``Normalize(mean 0.5056, std 0.252)`` in
 #: jlianglab/PEAC ``utils/build_loader_global_local.py``; docs/METHODS.md §3.3 item 5).
@@ -332,3 +334,60 @@ def correspond(
         transform_a=ta,
         transform_b=tb,
     )
+
+
+# -------------------------------------------------------------------------------- family
+
+
+class _ExportTokens(nn.Module):
+    """PEAC for export: the mean-token embedding, and the token map when ``tokens``."""
+
+    def __init__(self, net: PEACModel, tokens: bool):
+        super().__init__()
+        self.net, self.with_tokens = net, tokens
+
+    def forward(self, image: torch.Tensor):
+        t = self.net.tokens(image)
+        emb = t.mean(dim=(1, 2))
+        return (emb, t) if self.with_tokens else emb
+
+
+def _export(model: PEACModel, task: str, card: dict, options: GraphOptions) -> ExportGraph:
+    """``embed`` (the mean token) or ``correspond`` (also the ``(g, g, C)`` token map); the
+    training heads and expanders are left out."""
+    size, chans, g = int(model.img_size), int(model.in_chans), int(model.grid)
+    dim = int(model.num_features)
+    outputs = [OutputSpec("embedding", "embedding", "none", ["batch", dim])]
+    if task == "correspond":
+        outputs.append(OutputSpec("tokens", "token_map", "none", ["batch", g, g, dim]))
+    return ExportGraph(
+        _ExportTokens(model, task == "correspond"),
+        task,
+        ["batch", chans, size, size],
+        (2, chans, size, size),
+        [1, 1, 1, 1],
+        outputs,
+        notes={"grid": g, "cell": int(model.cell)},
+    )
+
+
+def _import_release(path, **kwargs):
+    """The PEAC release importer (imported on use)."""
+    from .official_peac import import_peac
+
+    return import_peac(path, **kwargs)
+
+
+PEAC = register(
+    Family(
+        family="peac",
+        model_name="peac",
+        builder=PEACModel,
+        tasks=("correspond", "embed"),
+        export=_export,
+        preprocessing=lambda model: peac_cxr(int(model.img_size)),
+        # after Ark's exports for embedding (their embedding is the classification one)
+        roles={"correspond": {"correspond": 0, "embed": 3}, "embed": {"embed": 1}},
+        importer=_import_release,
+    )
+)

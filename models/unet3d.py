@@ -30,6 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imaging.outputs import OutputSpec
+from imaging.preprocess import genesis_ct
+
+from .family import BATCH_NORM_MODES, ExportGraph, Family, GraphOptions, card_labels, register
+
 NORMS = ("batch_stats", "standard")
 ACTS = ("relu", "elu")
 #: Encoder blocks, shared by :class:`UNet3D` and :class:`GenesisClassifier` (same key names).
@@ -74,10 +79,6 @@ class ContBatchNorm3d(nn.modules.batchnorm._BatchNorm):
             factor,
             self.eps,
         )
-
-
-#: How a batch-statistics (released Models Genesis) normaliser is made batch independent.
-BATCH_NORM_MODES = ("per_sample", "running")
 
 
 class SampleNorm3d(nn.Module):
@@ -411,3 +412,107 @@ class GenesisClassifier(_GenesisEncoder):
             raise ValueError("encoder tensor shapes differ: " + "; ".join(bad))
         self.load_state_dict({k: state[k] for k in result.loaded}, strict=False)
         return result
+
+
+# -------------------------------------------------------------------------------- family
+
+
+class _ExportVolume(nn.Module):
+    """The U-Net for export: logits → sigmoid probabilities in the graph."""
+
+    def __init__(self, net: UNet3D):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(image, return_logits=True))
+
+
+class _ExportClass(nn.Module):
+    def __init__(self, net: GenesisClassifier):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(image))
+
+
+def _export_prelude(model, card: dict, options: GraphOptions):
+    """Batch-independent copy, example roi and the notes both Genesis graphs record."""
+    fixed, replaced = batch_independent(model, options.batch_norm)
+    roi = tuple(int(s) for s in (options.roi_size or card.get("roi_size") or (64, 64, 32)))
+    notes = {"batch_norm": options.batch_norm if replaced else "running (model trained with it)"}
+    notes["batch_norm_layers_replaced"] = replaced
+    return fixed, roi, notes
+
+
+def _export_unet(model: UNet3D, task: str, card: dict, options: GraphOptions) -> ExportGraph:
+    """``segment`` (mask probabilities, labelled from the card) or ``restore`` (the restored
+    cube); spatial axes stay dynamic so the server can run any multiple of 8."""
+    fixed, roi, notes = _export_prelude(model, card, options)
+    n = fixed.out_tr.final_conv.out_channels
+    shape = ["batch", n, "x", "y", "z"]
+    if task == "segment":
+        labels = card_labels(card, "main", n)
+        out = OutputSpec("probabilities", "mask_probabilities", "sigmoid", shape, labels)
+    else:
+        out = OutputSpec("restored", "restored", "sigmoid", shape)
+    return ExportGraph(
+        _ExportVolume(fixed),
+        task,
+        ["batch", model.in_channels, "x", "y", "z"],
+        (2, model.in_channels, *roi),
+        [1, 1, DOWNSAMPLE, DOWNSAMPLE, DOWNSAMPLE],
+        [out],
+        dynamic_spatial=True,
+        notes=notes,
+    )
+
+
+def _export_classifier(
+    model: GenesisClassifier, task: str, card: dict, options: GraphOptions
+) -> ExportGraph:
+    """``classify``: sigmoid probabilities of a fixed-size cube."""
+    fixed, roi, notes = _export_prelude(model, card, options)
+    n = fixed.dense_2.out_features
+    labels = card_labels(card, "main", n)
+    return ExportGraph(
+        _ExportClass(fixed),
+        task,
+        ["batch", model.in_channels, *roi],
+        (2, model.in_channels, *roi),
+        [1, 1, DOWNSAMPLE, DOWNSAMPLE, DOWNSAMPLE],
+        [OutputSpec("probabilities", "probabilities", "sigmoid", ["batch", n], labels)],
+        notes=notes,
+    )
+
+
+def _import_release(path, **kwargs):
+    """The Models Genesis release importer (imported on use: it needs the checkpoint reader)."""
+    from .official_genesis import import_genesis
+
+    return import_genesis(path, **kwargs)
+
+
+GENESIS_UNET = register(
+    Family(
+        family="genesis",
+        model_name="unet3d",
+        builder=UNet3D,
+        tasks=("segment", "restore"),
+        export=_export_unet,
+        preprocessing=lambda model: genesis_ct(),
+        roles={"segment": {"ct_segment": 0}},
+        importer=_import_release,
+    )
+)
+GENESIS_CLASSIFIER = register(
+    Family(
+        family="genesis",
+        model_name="genesis_classifier",
+        builder=GenesisClassifier,
+        tasks=("classify",),
+        export=_export_classifier,
+        preprocessing=lambda model: genesis_ct(),
+    )
+)

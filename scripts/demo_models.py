@@ -12,6 +12,7 @@ marks the exports directory until the build finishes). Minutes on a 2-core CPU; 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -117,13 +118,33 @@ EXPORTS = {  # demo export → (run it comes from, export.run arguments)
 INCOMPLETE = ".demo-incomplete"
 
 
+def _exported(folder: Path) -> bool:
+    """A demo export of this anatomix's manifest schema is there (one written by an older
+    anatomix, which the server would refuse, or an unreadable one is exported again)."""
+    path = folder / "manifest.json"
+    if not path.is_file():
+        return False
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from export.manifest import SCHEMA_VERSION
+
+    try:
+        version = json.loads(path.read_text(encoding="utf-8")).get("schema_version")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        version = None
+    if version != SCHEMA_VERSION:
+        print(f"{folder.name}: manifest schema {version}, this anatomix writes "
+              f"{SCHEMA_VERSION}: exporting again", flush=True)  # fmt: skip
+        return False
+    return True
+
+
 def build(exports: Path, runs: Path, only: list[str]) -> int:
     steps = _steps(runs)
     todo = [name for name in EXPORTS if name in only]
     exports.mkdir(parents=True, exist_ok=True)
     (exports / INCOMPLETE).touch()
     for i, name in enumerate(todo, 1):
-        if (exports / name / "manifest.json").is_file():
+        if _exported(exports / name):
             print(f"[demo {i}/{len(todo)}] {name}: already exported", flush=True)
             continue
         for what, cmd, done in steps[name]:

@@ -2,7 +2,8 @@
 loaded by its manifest, each behind its own :class:`~serve.batching.Batcher`.
 
 Endpoints ask for a model by role (``cxr_classify``, ``embed``, ``correspond``, ``ct_segment``)
-or by id (the export's manifest name); nothing about a model is hard-coded here.
+or by id (the export's manifest name); which roles an export fills its manifest says
+(``serves``), so nothing about a model family is known here.
 """
 
 from __future__ import annotations
@@ -22,13 +23,6 @@ from .errors import RequestError
 
 log = logging.getLogger("anatomix.serve")
 
-#: role → (families, tasks) that can serve it, best first
-ROLES = {
-    "cxr_classify": (("ark",), ("classify",)),
-    "embed": (("ark", "peac"), ("embed", "classify", "correspond")),
-    "correspond": (("peac",), ("correspond",)),
-    "ct_segment": (("genesis",), ("segment",)),
-}
 #: a model call cheaper than this per image (ms) is "light": see :func:`_load`
 LIGHT_MODEL_MS = 25.0  # the tiny demo: ~3 ms; Swin-B at 224 px: ~250 ms
 #: modalities each input kind accepts unless the client overrides the check
@@ -129,12 +123,12 @@ class ModelRegistry:
         return "no model is loaded: ANATOMIX_MODELS holds no export (*/manifest.json)"
 
     def get(self, role: str, model_id: str | None = None) -> LoadedModel:
-        """The model for ``role`` (or the one named ``model_id``, if it can serve the role)."""
-        families, tasks = ROLES[role]
-        fits = [
-            m for m in self.models if m.manifest.family in families and m.manifest.task in tasks
-        ]
-        fits.sort(key=lambda m: (tasks.index(m.manifest.task), families.index(m.manifest.family)))
+        """The model for ``role`` (or the one named ``model_id``, if it can serve the role).
+
+        Which roles an export fills, and how much it is preferred for each, its manifest says
+        (``serves``, written at export from the family descriptor); ties go to the id."""
+        fits = [m for m in self.models if role in m.manifest.serves]
+        fits.sort(key=lambda m: (m.manifest.serves[role], m.id))
         if model_id is not None:
             named = [m for m in self.models if m.id == model_id]
             if not named:

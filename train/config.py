@@ -21,9 +21,24 @@ class ConfigError(ValueError):
     """A config file or override names an unknown key or a value of the wrong type."""
 
 
+def resolve_config(path: str | Path) -> Path:
+    """``path`` itself, or — when it does not exist and is relative — the preset of that name
+    shipped with anatomix (``configs/genesis/tiny.yaml`` or ``genesis/tiny.yaml``), so an
+    installed package runs the README's commands from any directory."""
+    path = Path(path)
+    if path.exists() or path.is_absolute():
+        return path
+    from importlib.resources import files
+
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    shipped = Path(str(files("anatomix").joinpath("configs", *parts)))
+    return shipped if shipped.is_file() else path
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
-    """Build ``cls`` from a YAML file (optional) and ``key.sub=value`` overrides, type-checked."""
-    data: dict = _read_yaml(Path(path)) if path is not None else {}
+    """Build ``cls`` from a YAML file (optional; a shipped preset's name works from any
+    directory, :func:`resolve_config`) and ``key.sub=value`` overrides, type-checked."""
+    data: dict = _read_yaml(resolve_config(path)) if path is not None else {}
     apply_overrides(data, overrides)
     return from_dict(cls, data)
 

@@ -20,22 +20,29 @@ import json
 import sys
 from pathlib import Path
 
-from .ark.config import ArkConfig
-from .ark.method import ArkMethod
 from .config import ConfigError, load_config
-from .engine import fit
-from .finetune.config import FinetuneConfig
-from .genesis.config import GenesisConfig
-from .genesis.method import GenesisMethod
-from .peac.config import PEACConfig
-from .peac.method import PEACMethod
 
-#: method name → (config class, method class)
-METHODS = {
-    "genesis": (GenesisConfig, GenesisMethod),
-    "ark": (ArkConfig, ArkMethod),
-    "peac": (PEACConfig, PEACMethod),
-}
+# torch, timm and the methods are imported once the arguments are parsed: `--help` stays fast.
+
+
+def methods() -> dict:
+    """Pretraining method (named for the family it pretrains) → (config class, method class)."""
+    from models.ark import ARK
+    from models.peac import PEAC
+    from models.unet3d import GENESIS_UNET
+
+    from .ark.config import ArkConfig
+    from .ark.method import ArkMethod
+    from .genesis.config import GenesisConfig
+    from .genesis.method import GenesisMethod
+    from .peac.config import PEACConfig
+    from .peac.method import PEACMethod
+
+    return {
+        GENESIS_UNET.family: (GenesisConfig, GenesisMethod),
+        ARK.family: (ArkConfig, ArkMethod),
+        PEAC.family: (PEACConfig, PEACMethod),
+    }
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -67,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="self-supervised pretraining",
         description="Pretrain a model; resumable, DDP under torchrun.",
     )
-    pre.add_argument("--method", choices=sorted(METHODS), required=True)
+    pre.add_argument(
+        "--method",
+        required=True,
+        help="the pretraining method, named for its model family (an unknown name lists them)",
+    )
     _add_run_options(pre)
     fin = sub.add_parser(
         "finetune",
@@ -131,7 +142,9 @@ def _saved_config(run_dir: Path) -> dict:
 
 def _refuse_pretraining(run_dir: Path, model_name: str, saved: dict) -> None:
     """Genesis pretraining has no labels to score: say what to run instead."""
-    if "transform" not in saved or "task" in saved or model_name == "peac":
+    from models.peac import PEAC
+
+    if "transform" not in saved or "task" in saved or model_name == PEAC.model_name:
         return
     how = f"python -m train.run finetune --init genesis:{run_dir}"
     raise ConfigError(
@@ -144,7 +157,9 @@ def _refuse_pretraining(run_dir: Path, model_name: str, saved: dict) -> None:
 
 def _evaluate(args) -> dict:
     """Dispatch on the model family recorded in the run's best weights."""
+    from models.ark import ARK
     from models.checkpoint import load_weights
+    from models.peac import PEAC
 
     weights = args.run_dir / "model.safetensors"
     if not weights.is_file():
@@ -155,19 +170,19 @@ def _evaluate(args) -> dict:
     _, info = load_weights(weights)
     saved = _saved_config(args.run_dir)
     _refuse_pretraining(args.run_dir, info.model_name, saved)
-    if info.model_name == "peac":
+    if info.model_name == PEAC.model_name:
         from .peac.evaluate import evaluate_peac_run
 
         return evaluate_peac_run(
             args.run_dir, n_pairs=args.pairs, split=args.split, probe=not args.no_probe
         )
-    if info.model_name == "ark" and "schedule" not in saved:
+    if info.model_name == ARK.model_name and "schedule" not in saved:
         from .ark.transfer import TransferConfig, evaluate_transfer_run
 
         cfg = load_config(TransferConfig, args.run_dir / "config.yaml")
         cfg.ten_crop = cfg.ten_crop or args.ten_crop
         return evaluate_transfer_run(args.run_dir, cfg, args.split)
-    if info.model_name == "ark":
+    if info.model_name == ARK.model_name:
         from .ark.evaluate import evaluate_ark_run
 
         return evaluate_ark_run(args.run_dir, args.split, ten_crop=args.ten_crop)
@@ -183,7 +198,10 @@ def _evaluate(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "pretrain" and args.method not in (known := methods()):
+        parser.error(f"unknown method {args.method!r}; valid: {', '.join(sorted(known))}")
     if args.command == "evaluate":
         from models.checkpoint import CheckpointError
 
@@ -196,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     preset = args.config.stem if args.config else "default"
     try:
         if args.command == "pretrain":
-            config_cls, method_cls = METHODS[args.method]
+            config_cls, method_cls = known[args.method]
             run_dir = args.run_dir or Path("runs") / f"{args.method}-{preset}"
             cfg = _load(config_cls, args, run_dir, [])
         elif args.command == "transfer":
@@ -210,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             method_cls = TransferMethod
         else:
+            from .finetune.config import FinetuneConfig
             from .finetune.method import FinetuneMethod
 
             method_cls = FinetuneMethod
@@ -220,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    from .engine import fit
+
     progress = fit(method_cls(cfg, run_dir), run_dir, resume=args.resume)
     if progress.finished:
         print(

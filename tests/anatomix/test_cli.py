@@ -72,3 +72,34 @@ def test_the_installed_command_runs_a_tool():
     done = subprocess.run([str(SCRIPT), "train", "--help"], capture_output=True, text=True,
                           timeout=120)  # fmt: skip
     assert done.returncode == 0 and "evaluate" in done.stdout
+
+
+#: every command line of the library, by its `python -m` name
+CLIS = ["train.run", "export.run", "export.evaluate", "models.import_weights",
+        "models.peac_correspond", "kernels.bench", "anatomix.cli"]  # fmt: skip
+_HELP = """
+import json, runpy, sys, time
+sys.argv = [{m!r}, "--help"]
+start = time.perf_counter()
+try:
+    runpy.run_module({m!r}, run_name="__main__")
+except SystemExit:
+    pass
+seconds = time.perf_counter() - start
+heavy = sorted(m for m in ("torch", "timm", "numba", "triton", "onnx") if m in sys.modules)
+print(json.dumps({{"seconds": seconds, "heavy": heavy}}))
+"""
+
+
+@pytest.mark.parametrize("module", CLIS)
+def test_every_cli_answers_help_fast_without_torch(module):
+    """Issue #19: ``--help`` under a second, because torch and timm are imported only after the
+    arguments are parsed (they take seconds to import)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _HELP.format(m=module)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    *text, last = done.stdout.strip().splitlines()
+    report = json.loads(last)
+    assert any("usage:" in line for line in text)
+    assert report["heavy"] == [] and report["seconds"] < 1.0, report

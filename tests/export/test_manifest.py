@@ -72,7 +72,10 @@ def _break(raw, path, value=None, delete=False):
         (["outputs", 0, "labels"], "nodule", False, r"outputs\[0\].labels must be list"),
         (["parity", 0, "passed"], 1, False, r"parity\[0\].passed must be bool, got int"),
         (["files", 0, "sha256"], 12, False, r"files\[0\].sha256 must be str"),
-        (["family"], "resnet", False, "family must be one of genesis, ark, peac"),
+        (["family"], "two words", False, "family must be a family name"),
+        (["serves"], None, True, "missing field serves"),
+        (["serves"], {"ct_segment": "first"}, False, "serves.ct_segment must map a role"),
+        (["serves"], {"ct_segment": True}, False, "serves.ct_segment must map a role"),
         (["outputs", 0, "meaning"], "magic", False, r"outputs\[0\].meaning must be one of"),
         (["files", 0, "path"], "../model.onnx", False, "bare file name"),
         (["schema_version"], 99, False, "schema_version 99 is not supported"),
@@ -92,6 +95,14 @@ def _break(raw, path, value=None, delete=False):
 def test_invalid_manifests_are_refused_with_the_field_named(raw, path, value, delete, message):
     with pytest.raises(ManifestError, match=message):
         manifest_from_dict(_break(raw, path, value, delete))
+
+
+def test_a_schema_1_manifest_asks_for_a_re_export(raw):
+    """Manifests written before ``serves`` existed are refused by their version, not by the
+    field they lack, so the message names the fix."""
+    old = {k: v for k, v in raw.items() if k != "serves"} | {"schema_version": 1}
+    with pytest.raises(ManifestError, match="schema_version 1 is not supported.*re-export"):
+        manifest_from_dict(old)
 
 
 def test_input_statistics_optional_and_recorded(raw):

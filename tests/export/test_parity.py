@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from export.bundle import ExportOptions, build_export
+from export.manifest import read_manifest, write_manifest
 from export.runtime import load
 from export.source import resolve_source
 from imaging.preprocess import Preprocessing
+from models.registry import list_families
 from train.cards import ark_card, genesis_card, peac_card
 
 from .conftest import ROI, real_ct_cubes, real_cxr_batch, save_model
@@ -64,51 +66,73 @@ def _peac_ref(model, with_tokens):
 
 
 CXR_HEADS = [_Src("nih", ["a", "b", "c"]), _Src("rsna", ["x", "y", "z"], "multiclass")]
+ARK_ARGS = {"backbone": "resnet18", "img_size": 64, "embed_dim": 48, "head_sizes": [3, 3],
+            "head_names": ["nih", "rsna"]}  # fmt: skip
+PEAC_ARGS = {"backbone": "vit_tiny_patch16_224", "img_size": 64, "global_dims": [32],
+             "local_dims": [16]}  # fmt: skip
 
+#: case → (registry name, constructor args, training card, task exported, reference maker,
+#: the serving roles its manifest must record). Every registered (model, task) has a case:
+#: test_every_registered_family_and_task_is_swept.
 CASES = {
     "genesis_segment": (
         "unet3d", {"norm": "batch_stats", "out_activation": None},
-        genesis_card("segment", ROI, labels={"main": ["nodule"]}, threshold=0.5),
+        genesis_card("segment", ROI, labels={"main": ["nodule"]}, threshold=0.5), "segment",
         lambda m: _genesis_alone(m, lambda net, x: torch.sigmoid(net(x, return_logits=True))),
+        {"ct_segment": 0},
     ),
     "genesis_restore": (
-        "unet3d", {"norm": "batch_stats"}, genesis_card("restore", ROI),
-        lambda m: _genesis_alone(m, lambda net, x: net(x)),
+        "unet3d", {"norm": "batch_stats"}, genesis_card("restore", ROI), "restore",
+        lambda m: _genesis_alone(m, lambda net, x: net(x)), {},
     ),
     "genesis_classify": (
         "genesis_classifier", {"n_classes": 1, "norm": "batch_stats"},
-        genesis_card("classify", ROI, labels={"main": ["nodule"]}),
-        lambda m: _genesis_alone(m, lambda net, x: torch.sigmoid(net(x))),
+        genesis_card("classify", ROI, labels={"main": ["nodule"]}), "classify",
+        lambda m: _genesis_alone(m, lambda net, x: torch.sigmoid(net(x))), {},
     ),
     "ark_classify": (
-        "ark", {"backbone": "resnet18", "img_size": 64, "embed_dim": 48,
-                "head_sizes": [3, 3], "head_names": ["nih", "rsna"]},
-        ark_card(64, CXR_HEADS),
-        lambda m: _ark_ref(m, ["sigmoid", "softmax"]),
+        "ark", ARK_ARGS, ark_card(64, CXR_HEADS), "classify",
+        lambda m: _ark_ref(m, ["sigmoid", "softmax"]), {"cxr_classify": 0, "embed": 2},
+    ),
+    "ark_embed": (
+        "ark", ARK_ARGS, ark_card(64, CXR_HEADS), "embed",
+        lambda m: (lambda x: _ark_ref(m, ["sigmoid", "softmax"])(x)[:1]), {"embed": 0},
     ),
     "cxr_finetuned": (  # a 2D classifier fine-tuned by `train.run transfer`: one head, no projector
         "ark", {"backbone": "resnet18", "img_size": 64, "projector": "none",
                 "head_sizes": [2], "head_names": ["shenzhen"]},
-        ark_card(64, [_Src("shenzhen", ["normal", "tb"])]),
-        lambda m: _ark_ref(m, ["sigmoid"]),
+        ark_card(64, [_Src("shenzhen", ["normal", "tb"])]), "classify",
+        lambda m: _ark_ref(m, ["sigmoid"]), {"cxr_classify": 0, "embed": 2},
     ),
     "peac_correspond": (
-        "peac", {"backbone": "vit_tiny_patch16_224", "img_size": 64, "global_dims": [32],
-                 "local_dims": [16]},
-        peac_card(64),
-        lambda m: _peac_ref(m, True),
+        "peac", PEAC_ARGS, peac_card(64), "correspond",
+        lambda m: _peac_ref(m, True), {"correspond": 0, "embed": 3},
+    ),
+    "peac_embed": (
+        "peac", PEAC_ARGS, peac_card(64), "embed", lambda m: _peac_ref(m, False), {"embed": 1},
     ),
 }  # fmt: skip
 
 
+def test_every_registered_family_and_task_is_swept():
+    """The sweep is the registry's (timm's tests/test_models.py over list_models()): a family
+    or task added without a parity case fails here."""
+    registered = {(f.model_name, t) for f in list_families() for t in f.tasks}
+    swept = {(c[0], c[3]) for c in CASES.values()}
+    assert registered <= swept, f"no parity case for {sorted(registered - swept)}"
+
+
 @pytest.fixture(scope="module", params=sorted(CASES))
 def exported(request, export_root):
-    name, args, card, ref = CASES[request.param]
+    name, args, card, task, ref, _ = CASES[request.param]
     weights = export_root / f"{request.param}.safetensors"
     model = save_model(weights, name, args, card)
     out = export_root / request.param
     result = build_export(
-        resolve_source(weights), out, ExportOptions(calibration_samples=3), log=lambda m: None
+        resolve_source(weights),
+        out,
+        ExportOptions(task=task, calibration_samples=3),
+        log=lambda m: None,
     )
     return request.param, model, ref(model), result
 
@@ -156,6 +180,7 @@ def test_manifest_describes_the_export(exported):
     case, model, _, result = exported
     m = result.manifest
     assert m.family == {"cxr": "ark"}.get(case.split("_")[0], case.split("_")[0])
+    assert m.task == CASES[case][3] and m.serves == CASES[case][5]
     assert all(p.passed and p.max_abs <= 1e-4 for p in m.parity)
     assert {p.batch for p in m.parity if p.inputs == "random"} >= {1, 3}
     assert m.exporter["opset"] >= 17 and m.source["sha256"]
@@ -173,8 +198,23 @@ def test_manifest_describes_the_export(exported):
         assert m.preprocessing.resize_mode == "shorter_side"
 
 
+def test_manifest_round_trips_for_every_case(exported, tmp_path):
+    """What the exporter wrote is what is read back, and written again, for every family."""
+    import json
+    import shutil
+
+    _, _, _, result = exported
+    raw = json.loads((result.out_dir / "manifest.json").read_text())
+    m = read_manifest(result.out_dir)
+    assert m.to_dict() == raw and m.serves == raw["serves"]
+    for f in m.files:
+        shutil.copy(result.out_dir / f.path, tmp_path / f.path)
+    write_manifest(m, tmp_path)
+    assert read_manifest(tmp_path).to_dict() == raw
+
+
 def test_one_ark_head_can_be_exported_alone(export_root):
-    name, args, card, _ = CASES["ark_classify"]
+    name, args, card, *_ = CASES["ark_classify"]
     weights = export_root / "ark_one_head.safetensors"
     model = save_model(weights, name, args, card, seed=3)
     result = build_export(

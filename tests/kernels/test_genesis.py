@@ -22,27 +22,22 @@ from kernels.genesis import (
     transform_batch,
     use_triton,
 )
+from tests.kernels.genesis_parity import OFF3, gen
+from tests.kernels.genesis_parity import distinct_cubes as distinct_float_cubes
 from tests.reference.genesis_transforms import box_slices, shuffle_restated, union_restated
-
-OFF = {"flip_rate": 0.0, "local_rate": 0.0, "nonlinear_rate": 0.0, "paint_rate": 0.0}
 
 
 def only(**rates) -> GenesisTransformConfig:
     """A config with every transform off except the given settings."""
-    return GenesisTransformConfig(**{**OFF, **rates})
+    return GenesisTransformConfig(**{**OFF3, **rates})
 
 
 OFF_CONFIG = only()
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def distinct_cubes(shape) -> torch.Tensor:
-    """Cubes whose voxel values name their flat position, scaled into [0, 1) (exact in float64)."""
-    count = math.prod(shape)
-    return (torch.arange(count, dtype=torch.float64) / count).view(shape)
+    """Cubes whose voxel values name their flat position, in float64 (the restatements' dtype)."""
+    return distinct_float_cubes(shape, torch.float64)
 
 
 def bezier_restated(control: np.ndarray, inverted: bool, points: int):

@@ -18,12 +18,9 @@ from kernels.genesis2d import (
     genesis2d,
     sample_genesis2d_params,
 )
+from tests.kernels.genesis_parity import OFF2, gen
 
-OFF = {"blocks": 0, "nonlinear_rate": 0.0, "paint_rate": 0.0}
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+OFF = OFF2
 
 
 def coded_images(shape) -> torch.Tensor:

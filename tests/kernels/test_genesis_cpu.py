@@ -28,81 +28,49 @@ from kernels.genesis import (
     use_triton,
 )
 from kernels.genesis_params import block_permutations, fmix32, shuffle_block_volume
+from tests.kernels.genesis_parity import (
+    GENESIS3D,
+    OFF3,
+    TOLERANCE,
+    check3d,
+    distinct_cubes,
+    gen,
+)
 from tests.reference.genesis_transforms import shuffle_restated, union_restated
 
 pytest.importorskip("numba")
 from kernels import genesis_cpu  # noqa: E402
 from kernels.genesis_cpu import apply_genesis_cpu  # noqa: E402
 
-OFF = {"flip_rate": 0.0, "local_rate": 0.0, "nonlinear_rate": 0.0, "paint_rate": 0.0}
+OFF = OFF3
 SHAPES = [(1, 1, 33, 34, 35), (5, 1, 14, 20, 17), (2, 1, 64, 64, 32)]
-# name -> (config, exact): each transform forced on alone, all at once, and the default rates.
-CONFIGS = {
-    "flip": (dict(OFF, flip_rate=1.0), True),
-    "flip-faithful": (dict(OFF, flip_rate=1.0, flip_mode="faithful"), True),
-    "shuffle": (dict(OFF, local_rate=1.0, shuffle_blocks=1000), True),
-    "inpaint": (dict(OFF, paint_rate=1.0, inpaint_rate=1.0), True),
-    "outpaint": (dict(OFF, paint_rate=1.0, inpaint_rate=0.0), True),
-    "nonlinear": (dict(OFF, nonlinear_rate=1.0), False),
-    "all": (
-        dict(flip_rate=1.0, local_rate=1.0, nonlinear_rate=1.0, paint_rate=1.0, shuffle_blocks=500),
-        False,
-    ),
-    "defaults": (dict(shuffle_blocks=1000), False),
-}
-TOLERANCE = {torch.float32: 1e-6, torch.bfloat16: 2**-8, torch.float16: 2**-11}
+BLOCKS = 1000  # shuffle blocks of the shuffling settings (the paper's 10,000 is one test below)
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def distinct_cubes(shape) -> torch.Tensor:
-    """float32 cubes whose voxel values all differ (k / count, rounded once to float32)."""
-    count = math.prod(shape)
-    return (torch.arange(count, dtype=torch.float64) / count).to(torch.float32).view(shape)
-
-
-def both_paths(shape, name, seed, dtype=torch.float32):
-    config = GenesisTransformConfig(**CONFIGS[name][0])
-    cubes = torch.rand(shape, generator=gen(seed)).to(dtype)
-    params = sample_genesis_params(shape, config, gen(seed + 100))
-    return apply_genesis_cpu(cubes, params, config), apply_genesis_reference(cubes, params, config)
+def numba_path(cubes, params, config):
+    return apply_genesis_cpu(cubes, params, config)
 
 
 # ---------------------------------------------------------------------------------------------
-# the kernel against the reference
+# the kernel against the reference (settings, comparison: tests/kernels/genesis_parity.py)
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", list(GENESIS3D))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_float32_matches_reference(shape, name):
-    (x, y), (x_ref, y_ref) = both_paths(shape, name, seed=sum(shape))  # a seed per shape
-    assert x.dtype == y.dtype == torch.float32 and x.shape == y.shape == shape
-    assert torch.equal(y, y_ref)
-    if CONFIGS[name][1]:
-        assert torch.equal(x, x_ref)
-    else:
-        torch.testing.assert_close(x, x_ref, rtol=0, atol=TOLERANCE[torch.float32])
+    check3d(numba_path, shape, name, seed=sum(shape), shuffle_blocks=BLOCKS)  # a seed per shape
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_all_transforms_match_reference_over_seeds(seed):
-    (x, y), (x_ref, y_ref) = both_paths((3, 1, 21, 30, 14), "all", seed=seed)
-    assert torch.equal(y, y_ref)
-    torch.testing.assert_close(x, x_ref, rtol=0, atol=TOLERANCE[torch.float32])
+    check3d(numba_path, (3, 1, 21, 30, 14), "all", seed=seed, shuffle_blocks=500)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", ["shuffle", "outpaint", "all", "defaults"])
 def test_half_precision_matches_reference(name, dtype):
-    (x, y), (x_ref, y_ref) = both_paths((5, 1, 14, 20, 17), name, seed=3, dtype=dtype)
-    assert x.dtype == y.dtype == dtype
-    assert torch.equal(y, y_ref)  # flips only move values
-    if CONFIGS[name][1]:
-        assert torch.equal(x, x_ref)
-    else:  # float64 -> float32 -> half may round once more than float64 -> half: one step
-        torch.testing.assert_close(x.float(), x_ref.float(), rtol=0, atol=TOLERANCE[dtype])
+    # float64 -> float32 -> half may round once more than float64 -> half: one step (TOLERANCE)
+    check3d(numba_path, (5, 1, 14, 20, 17), name, seed=3, dtype=dtype, shuffle_blocks=BLOCKS)
 
 
 def test_paper_setting_matches_reference():

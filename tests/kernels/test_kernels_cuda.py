@@ -12,18 +12,8 @@ import pytest
 import torch
 
 from kernels import _dispatch
-from kernels.genesis import (
-    GenesisTransformConfig,
-    apply_genesis,
-    apply_genesis_reference,
-    sample_genesis_params,
-)
-from kernels.genesis2d import (
-    Genesis2DConfig,
-    apply_genesis2d,
-    apply_genesis2d_reference,
-    sample_genesis2d_params,
-)
+from kernels.genesis import apply_genesis
+from kernels.genesis2d import apply_genesis2d
 from kernels.grid import (
     match_patches,
     match_patches_bilinear,
@@ -31,28 +21,13 @@ from kernels.grid import (
     match_patches_reference,
 )
 from kernels.patches import shuffle_patches, shuffle_patches_reference, unshuffle_patches
+from tests.kernels.genesis_parity import GENESIS2D, GENESIS3D, check2d, check3d, gen
 
 pytestmark = pytest.mark.gpu
 
-OFF3 = {"flip_rate": 0.0, "local_rate": 0.0, "nonlinear_rate": 0.0, "paint_rate": 0.0}
-# name -> (config, exact). The published rates and 10,000 shuffle blocks are "paper".
-CONFIGS3 = {
-    "flip": (dict(OFF3, flip_rate=1.0), True),
-    "shuffle": (dict(OFF3, local_rate=1.0), True),
-    "inpaint": (dict(OFF3, paint_rate=1.0, inpaint_rate=1.0), True),
-    "outpaint": (dict(OFF3, paint_rate=1.0, inpaint_rate=0.0), True),
-    "nonlinear": (dict(OFF3, nonlinear_rate=1.0), False),
-    "all": (dict(flip_rate=1.0, local_rate=1.0, nonlinear_rate=1.0, paint_rate=1.0), False),
-    "paper": ({}, False),
-}
-# (N, 1, H, W, D): the published cube, and an odd one that fills no block exactly.
+# (N, 1, H, W, D): the published cube, and an odd one that fills no block exactly. Settings and
+# comparison: tests/kernels/genesis_parity.py ("defaults" is the paper's, 10,000 shuffle blocks).
 SHAPES3 = [(6, 1, 64, 64, 32), (3, 1, 33, 34, 35)]
-# float32 Bezier values in [0, 1]: a compiled kernel may contract multiply-adds the CPU does not.
-ATOL = {torch.float32: 1e-6, torch.bfloat16: 2**-8, torch.float16: 2**-11}
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 @pytest.fixture(autouse=True)
@@ -60,52 +35,32 @@ def _auto_dispatch(monkeypatch):
     monkeypatch.delenv("ANATOMIX_KERNELS", raising=False)
 
 
-def _close(got: torch.Tensor, want: torch.Tensor, exact: bool, atol: float) -> None:
-    got = got.cpu()
-    assert got.dtype == want.dtype and got.shape == want.shape
-    assert not torch.isnan(got).any()
-    if exact:
-        assert torch.equal(got, want)
-    else:
-        torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=atol)
-
-
-@pytest.mark.parametrize("name", list(CONFIGS3))
-@pytest.mark.parametrize("shape", SHAPES3, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_genesis3d_triton_on_cuda_equals_reference(shape, name, dtype):
-    config = GenesisTransformConfig(**CONFIGS3[name][0])
-    cubes = torch.rand(shape, generator=gen(sum(shape) + len(name))).to(dtype)
-    params = sample_genesis_params(shape, config, gen(7))
-    want_x, want_y = apply_genesis_reference(cubes, params, config)
+def cuda_3d(cubes, params, config):
+    """The default dispatch on CUDA tensors (no forcing): it must pick the Triton kernel."""
     dev = cubes.cuda()
     assert _dispatch.use_triton(dev)
     x, y = apply_genesis(dev, params.to("cuda"), config)
     assert x.is_cuda and y.is_cuda
-    _close(y, want_y, exact=True, atol=0)
-    _close(x, want_x, exact=CONFIGS3[name][1], atol=ATOL[dtype])
+    return x, y
 
 
-OFF2 = {"blocks": 0, "nonlinear_rate": 0.0, "paint_rate": 0.0}
-CONFIGS2 = {
-    "shuffle": (dict(OFF2, blocks=40), True),
-    "inpaint": (dict(OFF2, paint_rate=1.0, inpaint_rate=1.0), True),
-    "outpaint": (dict(OFF2, paint_rate=1.0, inpaint_rate=0.0), True),
-    "nonlinear": (dict(OFF2, nonlinear_rate=1.0), False),
-    "defaults": ({}, False),
-}
-
-
-@pytest.mark.parametrize("name", list(CONFIGS2))
-@pytest.mark.parametrize("shape", [(8, 3, 448, 448), (3, 1, 65, 47)], ids=str)
-def test_genesis2d_triton_on_cuda_equals_reference(shape, name):
-    config = Genesis2DConfig(**CONFIGS2[name][0])
-    images = torch.rand(shape, generator=gen(len(name)))
-    params = sample_genesis2d_params(shape, config, gen(11))
-    want = apply_genesis2d_reference(images, params, config)
+def cuda_2d(images, params, config):
     got = apply_genesis2d(images.cuda(), params.to("cuda"), config)
     assert got.is_cuda
-    _close(got, want, exact=CONFIGS2[name][1], atol=ATOL[torch.float32])
+    return got
+
+
+@pytest.mark.parametrize("name", list(GENESIS3D))
+@pytest.mark.parametrize("shape", SHAPES3, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_genesis3d_triton_on_cuda_equals_reference(shape, name, dtype):
+    check3d(cuda_3d, shape, name, seed=sum(shape) + len(name), dtype=dtype)
+
+
+@pytest.mark.parametrize("name", list(GENESIS2D))
+@pytest.mark.parametrize("shape", [(8, 3, 448, 448), (3, 1, 65, 47)], ids=str)
+def test_genesis2d_triton_on_cuda_equals_reference(shape, name):
+    check2d(cuda_2d, shape, name, seed=len(name))
 
 
 def _grads_match(op, ref, t1, t2, *args, tol):

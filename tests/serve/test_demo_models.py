@@ -3,9 +3,12 @@ The full build (~12 min on 2 cores) is run by `make serve`, not here."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+
+from export.manifest import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "demo_models.py"
@@ -26,11 +29,25 @@ def test_help_and_unknown_model():
 def test_existing_exports_are_kept(tmp_path):
     for name in ("nodule_seg", "cxr_findings", "peac"):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "manifest.json").write_text("{}")
+        (tmp_path / name / "manifest.json").write_text(f'{{"schema_version": {SCHEMA_VERSION}}}')
     out = _run("--exports", str(tmp_path), "--runs", str(tmp_path / "runs"))
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("already exported") == 3 and not (tmp_path / "runs").exists()
     assert not (tmp_path / ".demo-incomplete").exists()  # a finished build leaves no marker
+
+
+def test_an_export_of_an_older_schema_is_made_again(tmp_path):
+    """The server refuses a schema-1 manifest; the demo build must not keep one."""
+    spec = importlib.util.spec_from_file_location("demo_models", ROOT / "scripts/demo_models.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    cases = {"current": f'{{"schema_version": {SCHEMA_VERSION}}}', "old": '{"schema_version": 1}',
+             "broken": "{", "list": "[]"}  # fmt: skip
+    for name, text in cases.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(text)
+    kept = {name: demo._exported(tmp_path / name) for name in [*cases, "absent"]}
+    assert kept == {"current": True, "old": False, "broken": False, "list": False, "absent": False}
 
 
 def _make_serve(tmp_path, exports):

@@ -83,13 +83,13 @@ def test_base_file_is_merged_under_the_preset(tmp_path):
 def _preset_class(path):
     from train.ark.transfer import TransferConfig
     from train.finetune.config import FinetuneConfig
-    from train.run import METHODS
+    from train.run import methods
 
     if path.name.startswith("finetune"):
         return FinetuneConfig
     if path.name.startswith("transfer"):
         return TransferConfig
-    return METHODS[path.parent.name][0]
+    return methods()[path.parent.name][0]
 
 
 PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*/*.yaml"))

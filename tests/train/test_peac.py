@@ -19,7 +19,7 @@ from train.peac import losses
 from train.peac.config import PEACConfig
 from train.peac.method import PEACMethod
 from train.peac.views import grid_load_size, grid_views, square_image
-from train.run import METHODS
+from train.run import methods
 from train.teacher import cosine_value
 
 
@@ -312,7 +312,7 @@ def test_presets_and_published_defaults():
     assert load_config(PEACConfig, None, ["losses.local_weight=0"]).losses.local_weight == 0.0
     with pytest.raises(ConfigError, match="multiple"):
         load_config(PEACConfig, "configs/peac/tiny.yaml", ["views.window=5"])
-    assert METHODS["peac"] == (PEACConfig, PEACMethod)
+    assert methods()["peac"] == (PEACConfig, PEACMethod)
 
 
 def test_teacher_momentum_is_a_cosine_over_iterations():

@@ -17,55 +17,28 @@ from kernels.genesis2d import (
     use_triton,
 )
 from kernels.genesis2d_triton import _genesis2d_triton
+from tests.kernels.genesis_parity import GENESIS2D, assert_matches, check2d, draw2d, gen
 
-OFF = {"blocks": 0, "nonlinear_rate": 0.0, "paint_rate": 0.0}
 SHAPES = [(1, 3, 33, 35), (5, 3, 20, 21), (2, 1, 64, 48)]
-# name -> (config, exact)
-CONFIGS = {
-    "shuffle": (dict(OFF, blocks=40), True),
-    "inpaint": (dict(OFF, paint_rate=1.0, inpaint_rate=1.0), True),
-    "outpaint": (dict(OFF, paint_rate=1.0, inpaint_rate=0.0), True),
-    "shuffle+paint": (dict(paint_rate=1.0, nonlinear_rate=0.0), True),
-    "nonlinear": (dict(OFF, nonlinear_rate=1.0), False),
-    "all": (dict(nonlinear_rate=1.0, paint_rate=1.0), False),
-    "defaults": ({}, False),
-}
-TOLERANCE = {torch.float32: 1e-6, torch.bfloat16: 2**-8}
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def both_paths(shape, name, seed, dtype=torch.float32):
-    config = Genesis2DConfig(**CONFIGS[name][0])
-    images = torch.rand(shape, generator=gen(seed)).to(dtype)
-    params = sample_genesis2d_params(shape, config, gen(seed + 100))
-    return (
-        _genesis2d_triton(images, params, config),
-        apply_genesis2d_reference(images, params, config),
-    )
+def triton_path(images, params, config):
+    return _genesis2d_triton(images, params, config)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", list(GENESIS2D))
 def test_kernel_matches_reference_float32(shape, name):
-    got, want = both_paths(shape, name, seed=len(name) + shape[0])
-    assert got.dtype == want.dtype and got.shape == want.shape
-    if CONFIGS[name][1]:
-        assert torch.equal(got, want)
-    else:
-        assert (got - want).abs().max() <= TOLERANCE[torch.float32]
+    check2d(triton_path, shape, name, seed=len(name) + shape[0])
 
 
 @pytest.mark.parametrize("name", ["shuffle", "shuffle+paint", "all", "defaults"])
 def test_kernel_matches_reference_bfloat16(name):
-    got, want = both_paths((5, 3, 20, 21), name, seed=3, dtype=torch.bfloat16)
-    assert got.dtype == torch.bfloat16
-    if name == "shuffle":  # pure copies of bfloat16 values: exact
-        assert torch.equal(got, want)
-    else:  # the interpreter truncates float32 -> bfloat16 (GPUs round to nearest): 1 bf16 step
-        assert (got.float() - want.float()).abs().max() <= TOLERANCE[torch.bfloat16]
+    images, params, config = draw2d((5, 3, 20, 21), name, seed=3, dtype=torch.bfloat16)
+    want = apply_genesis2d_reference(images, params, config)
+    # pure copies of bfloat16 values are exact; the interpreter truncates float32 -> bfloat16
+    # where GPUs round to nearest, so painted and mapped values are within one bfloat16 step
+    assert_matches(triton_path(images, params, config), want, exact=name == "shuffle")
 
 
 def test_dispatch_reference_by_default_kernel_when_forced(monkeypatch):

@@ -5,8 +5,6 @@ agree bit for bit and the Bezier map within 1e-6 (float32). Shapes are odd on pu
 shuffle block counts small so that the interpreter stays fast.
 """
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -21,66 +19,35 @@ from kernels.genesis import (
     use_triton,
 )
 from kernels.genesis_triton import _genesis_triton
+from tests.kernels.genesis_parity import (
+    GENESIS3D,
+    OFF3,
+    TOLERANCE,
+    check3d,
+    distinct_cubes,
+    gen,
+)
 
-OFF = {"flip_rate": 0.0, "local_rate": 0.0, "nonlinear_rate": 0.0, "paint_rate": 0.0}
+OFF = OFF3
 SHAPES = [(1, 1, 17, 18, 19), (5, 1, 14, 15, 16), (2, 1, 33, 34, 35)]
-# name -> (config, exact): every transform forced on alone, all at once, and the default rates.
-CONFIGS = {
-    "flip": (dict(OFF, flip_rate=1.0), True),
-    "flip-faithful": (dict(OFF, flip_rate=1.0, flip_mode="faithful"), True),
-    "shuffle": (dict(OFF, local_rate=1.0, shuffle_blocks=30), True),
-    "inpaint": (dict(OFF, paint_rate=1.0, inpaint_rate=1.0), True),
-    "outpaint": (dict(OFF, paint_rate=1.0, inpaint_rate=0.0), True),
-    "nonlinear": (dict(OFF, nonlinear_rate=1.0), False),
-    "all": (
-        dict(flip_rate=1.0, local_rate=1.0, nonlinear_rate=1.0, paint_rate=1.0, shuffle_blocks=30),
-        False,
-    ),
-    "defaults": (dict(shuffle_blocks=30), False),
-}
-# dtype -> absolute tolerance against the reference run on the same dtype (non-exact configs).
-TOLERANCE = {torch.float32: 1e-6, torch.bfloat16: 2**-8, torch.float16: 2**-11}
+BLOCKS = 30  # few shuffle blocks: the interpreter stays fast
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+def triton_path(cubes, params, config):
+    return _genesis_triton(cubes, params, config)
 
 
-def distinct_cubes(shape, dtype=torch.float32) -> torch.Tensor:
-    """Cubes whose voxel values name their flat position (exact in float32 below 2**24)."""
-    count = math.prod(shape)
-    return (torch.arange(count, dtype=torch.float64) / count).to(dtype).view(shape)
-
-
-def both_paths(shape, name, seed, dtype=torch.float32):
-    config = GenesisTransformConfig(**CONFIGS[name][0])
-    cubes = torch.rand(shape, generator=gen(seed)).to(dtype)
-    params = sample_genesis_params(shape, config, gen(seed + 100))
-    return _genesis_triton(cubes, params, config), apply_genesis_reference(cubes, params, config)
-
-
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", list(GENESIS3D))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_float32_matches_reference(shape, name):
-    (x, y), (x_ref, y_ref) = both_paths(shape, name, seed=sum(shape))
-    assert x.dtype == y.dtype == torch.float32 and x.shape == y.shape == shape
-    assert torch.equal(y, y_ref)
-    if CONFIGS[name][1]:
-        assert torch.equal(x, x_ref)
-    else:
-        torch.testing.assert_close(x, x_ref, rtol=0, atol=TOLERANCE[torch.float32])
+    check3d(triton_path, shape, name, seed=sum(shape), shuffle_blocks=BLOCKS)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", ["shuffle", "all", "defaults"])
 def test_half_precision_matches_reference_on_same_input(name, dtype):
-    (x, y), (x_ref, y_ref) = both_paths((2, 1, 17, 18, 19), name, seed=3, dtype=dtype)
-    assert x.dtype == y.dtype == dtype
-    assert torch.equal(y, y_ref)  # flips only move values
-    if CONFIGS[name][1]:
-        assert torch.equal(x, x_ref)
-    else:  # the Bezier value is rounded via float32: at most one unit in the last place
-        torch.testing.assert_close(x.float(), x_ref.float(), rtol=0, atol=TOLERANCE[dtype])
+    # the Bezier value is rounded via float32: at most one unit in the last place (TOLERANCE)
+    check3d(triton_path, (2, 1, 17, 18, 19), name, seed=3, dtype=dtype, shuffle_blocks=BLOCKS)
 
 
 @pytest.mark.parametrize("points", [2, 3, 1024, 100_000])

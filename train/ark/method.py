@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from models.ark import ArkModel
+from models.ark import ARK, ArkModel
 
 from ..cards import ark_card
 from ..method import Method
@@ -68,10 +68,10 @@ class ArkMethod(Method):
 
     def build_model(self):
         args = self.model_args()
-        return StudentTeacher(ArkModel(**args)), "ark", args
+        return StudentTeacher(ArkModel(**args)), ARK.model_name, args
 
     def export_model(self, model):
-        return unwrap(model).teacher, "ark", self.model_args()
+        return unwrap(model).teacher, ARK.model_name, self.model_args()
 
     def sources(self):
         if self._sources is None:

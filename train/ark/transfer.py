@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.ark import ArkModel
+from models.ark import ARK, ArkModel
 from models.checkpoint import atomic_write_bytes, load_model
+from models.peac import PEAC
 
 from ..cards import ark_card
 from ..method import Method
@@ -57,14 +58,15 @@ class TransferConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.01, scheduler="cosine"))
 
 
-INIT_KINDS = ("ark", "peac")
+#: the families whose weights can start a transfer run, as ``<family>:<path>``
+INIT_KINDS = (ARK.family, PEAC.family)
 
 
 def init_statistics(init: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The ``(mean, std)`` the initial weights were trained with, used for every view, for
     evaluation and in the exported card: PEAC's grey statistics (0.5056 / 0.252,
     ``models.peac``) for ``peac:``, ImageNet's for Ark and scratch (Ark's release)."""
-    if init.partition(":")[0] == "peac":
+    if init.partition(":")[0] == PEAC.family:
         from models.peac import PEAC_MEAN, PEAC_STD
 
         return (PEAC_MEAN,) * 3, (PEAC_STD,) * 3  # the grey film repeated to 3 channels
@@ -84,7 +86,7 @@ def load_pretrained(init: str) -> ArkModel:
     path = Path(where)
     path = path / "model.safetensors" if path.is_dir() else path
     model = load_model(path)
-    if kind == "peac":
+    if kind == PEAC.family:
         from models.peac import PEACModel
 
         if not isinstance(model, PEACModel):
@@ -140,7 +142,7 @@ class TransferMethod(Method):
 
     def build_model(self):
         model = new_task_model(self.cfg, self.source("train").num_classes)
-        return model, "ark", model.model_args
+        return model, ARK.model_name, model.model_args
 
     def datasets(self):
         return self.source("train"), self.source("val")

@@ -8,6 +8,7 @@ from torch import nn
 
 from models.checkpoint import load_weights
 from models.official import import_official
+from models.unet3d import GENESIS_UNET
 
 
 def genesis_state_dict(spec: str) -> dict:
@@ -22,7 +23,7 @@ def genesis_state_dict(spec: str) -> dict:
         raise FileNotFoundError(f"pretrained weights not found: {path}")
     if path.suffix == ".safetensors":
         return load_weights(path)[0]
-    return import_official("genesis", path).model.state_dict()
+    return import_official(GENESIS_UNET.family, path).model.state_dict()
 
 
 def initialise(model: nn.Module, spec: str, kind: str) -> str:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from models.registry import build_model
+from models.unet3d import GENESIS_CLASSIFIER, GENESIS_UNET
 
 from ..cards import genesis_card
 from ..method import Method
@@ -28,9 +29,13 @@ class FinetuneMethod(Method):
 
     def build_model(self):
         if self.kind == "segmentation":
-            name, args = "unet3d", {"norm": self.cfg.model.norm, "out_activation": None}
+            name = GENESIS_UNET.model_name
+            args = {"norm": self.cfg.model.norm, "out_activation": None}
         else:
-            name, args = "genesis_classifier", {"n_classes": 1, "norm": self.cfg.model.norm}
+            name, args = (
+                GENESIS_CLASSIFIER.model_name,
+                {"n_classes": 1, "norm": self.cfg.model.norm},
+            )
         model = build_model(name, **args)
         self.init_summary = initialise(model, self.cfg.model.init, self.kind)
         if self.cfg.model.freeze_encoder:

@@ -35,7 +35,9 @@ class GenesisDataConfig:
 
 @dataclass
 class GenesisModelConfig:
-    name: str = "unet3d"
+    # Restoration pretraining trains the U-Net only; runs saved before this was fixed record
+    # its registry name here, so the field stays readable (None: the U-Net).
+    name: str | None = None
     norm: Literal["batch_stats", "standard"] = "batch_stats"  # released: batch statistics always
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from kernels.genesis import transform_batch
 from models.registry import build_model
+from models.unet3d import GENESIS_UNET
 
 from ..cards import genesis_card
 from ..method import Method
@@ -23,8 +24,14 @@ class GenesisMethod(Method):
         self.run_dir = Path(run_dir)
 
     def build_model(self):
+        name = GENESIS_UNET.model_name
+        if self.cfg.model.name not in (None, name):
+            raise ValueError(
+                f"model.name: Models Genesis pretraining trains the U-Net ({name!r}), "
+                f"got {self.cfg.model.name!r}"
+            )
         args = {"norm": self.cfg.model.norm}
-        return build_model(self.cfg.model.name, **args), self.cfg.model.name, args
+        return build_model(name, **args), name, args
 
     def inference_card(self) -> dict:
         return genesis_card("restore", self.cfg.data.cube_size)

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from kernels.genesis2d import genesis2d
-from models.peac import PEACModel
+from models.peac import PEAC, PEACModel
 
 from ..cards import peac_card
 from ..engine import step_generator
@@ -128,14 +128,14 @@ class PEACMethod(Method):
                 f"views.window={model.grid}"
             )
         self._args = model.model_args
-        return PEACPair(model), "peac", self._args
+        return PEACPair(model), PEAC.model_name, self._args
 
     def inference_card(self) -> dict:
         return peac_card(self.cfg.model.img_size)
 
     def export_model(self, model):
         teacher = unwrap(model).teacher
-        return teacher, "peac", teacher.model_args
+        return teacher, PEAC.model_name, teacher.model_args
 
     def datasets(self):
         data, loop = self.cfg.data, self.cfg.loop
