@@ -9,6 +9,7 @@ no error message carries a patient identifier (only technical attributes are nam
 from __future__ import annotations
 
 import io
+import re
 import warnings
 import zlib
 
@@ -582,6 +583,21 @@ def _view_position(ds) -> str:
     return value if value in VIEW_POSITIONS else ""
 
 
+_CODE_STRING = re.compile(r"[A-Z0-9_ ]{1,16}")
+
+
+def _code_strings(ds, keyword: str) -> list[str]:
+    """A Code String attribute's values (ImageType, BodyPartExamined), upper-cased and trimmed;
+    a value that is not a valid code string (free text could be an identifier) is dropped."""
+    try:
+        raw = ds.get(keyword)
+        values = list(raw) if isinstance(raw, (list, tuple, pydicom.multival.MultiValue)) else [raw]
+        out = [str(v).strip().upper() for v in values if v is not None]
+    except Exception:  # noqa: BLE001 - an unparsable value is no value
+        return []
+    return [v for v in out if _CODE_STRING.fullmatch(v)]
+
+
 def _technical_meta(ds, geom, tsyntax, slope, intercept) -> dict:
     """Non-identifying attributes that later stages (series assembly, serving) need."""
     meta = {
@@ -597,6 +613,8 @@ def _technical_meta(ds, geom, tsyntax, slope, intercept) -> dict:
         "slice_thickness": _first_float(ds.get("SliceThickness")),
         "color_converted": geom["photometric"] in px.COLOR_PHOTOMETRICS,
         "view_position": _view_position(ds),
+        "image_type": _code_strings(ds, "ImageType"),
+        "body_part": (_code_strings(ds, "BodyPartExamined") or [""])[0],
     }
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame and geom["frames"] > 1:
