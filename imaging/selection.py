@@ -10,6 +10,7 @@ failure is its recorded reason — and the survivors are ranked by the rules' pr
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -67,13 +68,21 @@ def summarise(images: Iterable[Image]) -> list[SeriesSummary]:
     return [_summary(uid, items) for uid, items in groups.items()]
 
 
+_UID = re.compile(r"[0-9.]{1,64}")
+_CODE = re.compile(r"[A-Z0-9_ ]{0,16}")
+
+
 def _summary(uid: str, items: list[Image]) -> SeriesSummary:
+    """Values that reach a reason are kept only when they have their VR's syntax (a UID, a code
+    string), so free text — an identifier planted in a tag — never does."""
     first = items[0]
+    modality = first.modality.strip().upper()
+    sop_class = str(first.meta.get("sop_class_uid", "")).strip()
     thickness = [t for i in items if (t := i.meta.get("slice_thickness")) is not None]
     return SeriesSummary(
         series_uid=uid,
-        modality=first.modality.strip().upper(),
-        sop_class_uid=str(first.meta.get("sop_class_uid", "")),
+        modality=modality if _CODE.fullmatch(modality) else "invalid",
+        sop_class_uid=sop_class if _UID.fullmatch(sop_class) else "invalid",
         image_type=tuple(first.meta.get("image_type") or ()),
         instances=len(items),
         slices=sum(int(i.meta.get("number_of_frames") or 1) for i in items),

@@ -40,6 +40,8 @@ log = logging.getLogger("anatomix.serve")
 
 #: the ``allow_any_modality`` / ``model`` text fields every endpoint takes
 COMMON_FIELDS = {"allow_any_modality": 16, "model": 256}
+#: CT uploads may name the series to segment (a study zip holding several)
+SERIES_FIELDS = {**COMMON_FIELDS, "series_uid": 80}
 
 
 @dataclass
@@ -69,7 +71,7 @@ class State:
 
     def __init__(self, *, limits, keys, registry, decoders, lanes, budgets, metrics, spool, gate,
                  metrics_public: bool, preprocess: str = "auto",
-                 refuse: frozenset = frozenset()):  # fmt: skip
+                 refuse: frozenset = frozenset(), ct_selection: dict | None = None):  # fmt: skip
         self.limits, self.keys, self.registry = limits, keys, registry
         self.decoders: dict = decoders  # lane name → DecoderPool
         self.lanes: dict[str, Lane] = lanes
@@ -77,6 +79,7 @@ class State:
         self.metrics, self.spool, self.gate = metrics, spool, gate
         self.metrics_public, self.preprocess = metrics_public, preprocess
         self.refuse = frozenset(refuse)  # serve.guard warning codes answered with a 422
+        self.ct_selection = ct_selection  # series selection rules (None: the shipped ones)
 
 
 STATE: State | None = None
@@ -206,12 +209,16 @@ def _decode(st: State, role: str, lane: str, form, budget: Budget, timer: StageT
                 files, pre, timeout=budget.left(), cancelled=budget.cancelled
             )
         else:
+            uid = form.fields.get("series_uid", "").strip() or None
+            if uid is not None:
+                uid = checked_uid(uid, "series_uid")
             decoded, prepare_ms = (
                 pool.series(
-                    files, timeout=budget.left(), cancelled=budget.cancelled, headers=headers
+                    files, timeout=budget.left(), cancelled=budget.cancelled, headers=headers,
+                    rules=st.ct_selection, series_uid=uid,
                 ),
                 0.0,
-            )
+            )  # fmt: skip
     timer.move("decode", "preprocess", prepare_ms)
     budget.check()
     return m, any_modality, decoded
@@ -360,6 +367,17 @@ def segment_series(st: State, form, budget: Budget, timer: StageTimer, headers: 
     return m, volume, masks, labels, threshold, heads, warnings
 
 
+def _selection(volume) -> dict:
+    """Which series of the upload was segmented and why each other one was not; every series
+    UID is checked (a 422 for one that is not a UID: nothing else reaches the answer)."""
+    sel = volume.meta.get("selection") or {}
+    rejected = sel.get("rejected") or {}
+    return {
+        "chosen": checked_uid(str(sel.get("chosen") or volume.series_uid), "SeriesInstanceUID"),
+        "rejected": {checked_uid(str(k), "SeriesInstanceUID"): str(v) for k, v in rejected.items()},
+    }
+
+
 def segment_work(st: State, form, budget: Budget, timer: StageTimer):
     m, volume, masks, labels, threshold, _, warnings = segment_series(st, form, budget, timer)
     series_uid = checked_uid(volume.series_uid, "SeriesInstanceUID")
@@ -382,6 +400,7 @@ def segment_work(st: State, form, budget: Budget, timer: StageTimer):
         "spacing_mm": [float(s) for s in spacing],
         "threshold": threshold,
         "labels": result,
+        "selection": _selection(volume),
         "warnings": warnings,
     }
     return body, "application/json"
@@ -489,6 +508,10 @@ def _files_spec(limits) -> FormSpec:
     return FormSpec(files={"files": limits.max_files}, fields=dict(COMMON_FIELDS))
 
 
+def _series_spec(limits) -> FormSpec:
+    return FormSpec(files={"files": limits.max_files}, fields=dict(SERIES_FIELDS))
+
+
 def _pair_spec(limits) -> FormSpec:
     return FormSpec(files={"image_a": 1, "image_b": 1},
                     fields={**COMMON_FIELDS, "points": 64 << 10})  # fmt: skip
@@ -580,9 +603,9 @@ def build_app() -> Starlette:
         Route(
             "/v1/cxr/correspond", _endpoint("cxr", _pair_spec, correspond_work), methods=["POST"]
         ),  # fmt: skip
-        Route("/v1/ct/segment", _endpoint("ct", _files_spec, segment_work), methods=["POST"]),
+        Route("/v1/ct/segment", _endpoint("ct", _series_spec, segment_work), methods=["POST"]),
         Route(
-            "/v1/ct/segment.dcm", _endpoint("ct", _files_spec, segment_dcm_work), methods=["POST"]
+            "/v1/ct/segment.dcm", _endpoint("ct", _series_spec, segment_dcm_work), methods=["POST"]
         ),  # fmt: skip
         Route("/v1/models", models_endpoint, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

@@ -162,11 +162,16 @@ def _job(fd: int, request: dict) -> dict | None:
                                           "hw": list(hw), **_image_fields(image)})  # fmt: skip
         send(fd, header, [image.pixels for _, image, _, _ in items])
     elif op == "series":
-        volume = decode_series_files(files, limits)
+        rules, uid = request.get("rules"), request.get("series_uid")
+        volume = decode_series_files(
+            files, limits, rules=rules if isinstance(rules, dict) else None,
+            series_uid=uid if isinstance(uid, str) else None,
+        )  # fmt: skip
         header = {"ok": True, "rss": _max_rss(), "volume": _volume_fields(volume)}
         # with "headers": each file's header without pixel data, for a DICOM SEG (so that the
-        # server never parses an upload itself)
-        heads = series_headers(files, limits) if request.get("headers") is True else []
+        # server never parses an upload itself), of the chosen series only
+        chosen = volume.meta["selection"]["chosen"]
+        heads = series_headers(files, limits, chosen) if request.get("headers") is True else []
         arrays = [volume.voxels] + [np.frombuffer(h, dtype=np.uint8) for h in heads]
         send(fd, header, arrays)
     elif op in ("sleep", "alloc") and os.environ.get(_HOOKS_ENV) == "1":

@@ -198,11 +198,19 @@ class DecoderPool:
         timeout: float | None = None,
         cancelled: threading.Event | None = None,
         headers: bool = False,
+        rules: dict | None = None,
+        series_uid: str | None = None,
     ):
-        """Decode the files of one series (or zips of them) → :class:`Volume` in HU,
-        ``(D, H, W)``, at most ``limits.max_files`` slices; raises as :meth:`images`. With
-        ``headers``: ``(volume, [each file's header as Part-10 bytes without pixel data])``."""
+        """Decode the files of one series or a whole study (or zips of them) → :class:`Volume`
+        in HU, ``(D, H, W)``, of the series ``rules`` choose or ``series_uid`` names
+        (:func:`serve.inputs.decode_series_files`), at most ``limits.max_files`` slices; raises
+        as :meth:`images`. With ``headers``: ``(volume, [each file's header as Part-10 bytes
+        without pixel data])``."""
         extra = {"headers": True} if headers else {}
+        if rules is not None:
+            extra["rules"] = rules
+        if series_uid is not None:
+            extra["series_uid"] = series_uid
         header, arrays = self._run("series", files, timeout=timeout, cancelled=cancelled, **extra)
         try:
             volume = self._volume(self._field(header, "volume", dict), arrays[:1])

@@ -19,6 +19,7 @@ import dataclasses
 import io
 import os
 import posixpath
+import re
 import stat
 import time
 import zipfile
@@ -334,16 +335,65 @@ def decode_radiographs(
     return out
 
 
-def decode_series_files(files: list[tuple[str, str | os.PathLike]], limits: Limits) -> Volume:
-    """Files on disk of one series (or zips of them) → :class:`Volume` in HU, ``(D, H, W)``."""
-    images = decode_files(files, limits)
-    return _assemble([image for _, image in images], limits)
+def decode_series_files(
+    files: list[tuple[str, str | os.PathLike]],
+    limits: Limits,
+    *,
+    rules: dict | None = None,
+    series_uid: str | None = None,
+) -> Volume:
+    """Files on disk of one series, or of a whole study (or zips of them) → :class:`Volume` in
+    HU, ``(D, H, W)``, of the series chosen by ``rules`` (:class:`imaging.selection.Rules` as a
+    dict; default: the shipped CT rules) or named by ``series_uid``. An upload of a single series
+    is the caller's choice and is not judged by the rules. The choice, and why each other series
+    was passed over, is ``volume.meta["selection"]``."""
+    images = [image for _, image in decode_files(files, limits)]
+    chosen = select_upload(images, rules, series_uid)
+    volume = _assemble([i for i in images if i.series_uid == chosen.chosen], limits)
+    volume.meta["selection"] = {"chosen": chosen.chosen, "rejected": chosen.reasons}
+    return volume
 
 
-def series_headers(files: list[tuple[str, str | os.PathLike]], limits: Limits) -> list[bytes]:
+_SERIES_UID = re.compile(r"[0-9.]{1,64}")
+
+
+def select_upload(images: list[Image], rules: dict | None, series_uid: str | None):
+    """The :class:`imaging.selection.Selection` of an upload; 422 when nothing qualifies or the
+    asked-for series is absent (the reasons name series UIDs and attributes only)."""
+    from imaging.selection import Rules, Selection, select_series, summarise
+
+    series = summarise(images)
+    try:
+        ruleset = Rules.from_dict(rules) if rules is not None else Rules.default("ct")
+        if series_uid is None and len(series) == 1:
+            return Selection(series[0].series_uid, {}, series)
+        selection = select_series(series, ruleset, series_uid=series_uid)
+    except KeyError:
+        raise RequestError(
+            422, "unknown_series", f"the upload holds no series {series_uid} "
+            f"({len(series)} series sent)",
+        ) from None  # fmt: skip
+    except (TypeError, ValueError) as exc:
+        raise RequestError(500, "bad_selection_rules", str(exc)) from None
+    if selection.chosen is None:
+        why = "; ".join(
+            f"{uid if _SERIES_UID.fullmatch(uid) else 'a series with an invalid UID'}: {reason}"
+            for uid, reason in selection.reasons.items()
+        )
+        raise RequestError(
+            422, "no_suitable_series",
+            f"none of the {len(series)} series qualifies ({why}); name one with series_uid",
+        )  # fmt: skip
+    return selection
+
+
+def series_headers(
+    files: list[tuple[str, str | os.PathLike]], limits: Limits, series_uid: str | None = None
+) -> list[bytes]:
     """Each file's header (everything but the pixel data) re-encoded as explicit VR little endian
-    Part-10 bytes, for a DICOM SEG that references the slices; run after the series decoded, so
-    the same files are known to stay within the limits."""
+    Part-10 bytes, for a DICOM SEG that references the slices — only the files of ``series_uid``
+    when given; run after the series decoded, so the same files are known to stay within the
+    limits."""
     import pydicom
     from pydicom.uid import ExplicitVRLittleEndian
 
@@ -357,6 +407,8 @@ def series_headers(files: list[tuple[str, str | os.PathLike]], limits: Limits) -
             ds = pydicom.dcmread(stream, force=True, stop_before_pixels=True)
             if not hasattr(ds, "file_meta") or ds.file_meta is None:
                 ds.file_meta = pydicom.dataset.FileMetaDataset()
+            if series_uid is not None and str(ds.get("SeriesInstanceUID", "")) != series_uid:
+                continue
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
             buf = io.BytesIO()
             ds.save_as(buf, enforce_file_format=False, implicit_vr=False, little_endian=True)

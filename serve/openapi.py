@@ -47,6 +47,10 @@ COMMON = {
     "model": "the id of a loaded model (GET /v1/models); default: the best for the endpoint",
 }
 FILES = {"files": "DICOM files, .dcm.gz, or zip archives of them"}
+SERIES = {
+    "series_uid": "segment this series of the upload (default: the one the selection "
+    "rules choose, imaging/selection_ct.yaml or ANATOMIX_CT_SELECTION)"
+}
 ENDPOINTS = {
     "/v1/cxr/classify": ("Chest radiographs → probability per finding, per label set", FILES, {}),
     "/v1/embed": ("Radiographs → one embedding vector each", FILES, {}),
@@ -55,8 +59,17 @@ ENDPOINTS = {
         {"image_a": "radiograph A", "image_b": "radiograph B"},
         {"points": "'row,col;row,col' in A's pixels (default: a 5 × 5 grid); at most 1000"},
     ),
-    "/v1/ct/segment": ("A CT series → per label: voxels, volume (mL), bounding box", FILES, {}),
-    "/v1/ct/segment.dcm": ("A CT series → the masks as a DICOM SEG object", FILES, {}),
+    "/v1/ct/segment": (
+        "A CT series, or a whole study whose series the selection rules choose from → per "
+        "label: voxels, volume (mL), bounding box; the chosen series and why the others were not",
+        FILES,
+        SERIES,
+    ),
+    "/v1/ct/segment.dcm": (
+        "A CT series (or a study, as above) → the masks as a DICOM SEG object",
+        FILES,
+        SERIES,
+    ),
 }
 
 

@@ -90,6 +90,7 @@ def build_state(settings=None) -> api.State:
         limits=s.limits, keys=s.keys, registry=registry, decoders=decoders, lanes=lanes,
         budgets=budgets, metrics=metrics, spool=spool_root(s.spool_dir), gate=PriorityGate(),
         metrics_public=s.metrics_public, preprocess=s.preprocess, refuse=s.refuse_warnings,
+        ct_selection=s.ct_selection,
     )  # fmt: skip
 
 

@@ -60,6 +60,9 @@ class Settings:
     log_level: str = "INFO"  # ANATOMIX_LOG_LEVEL
     log_format: str = "text"  # ANATOMIX_LOG_FORMAT: text | json
     refuse_warnings: frozenset = frozenset()  # ANATOMIX_REFUSE_WARNINGS: serve.guard codes
+    # ANATOMIX_CT_SELECTION: a YAML rule file (imaging/selection.py) choosing the series of a
+    # multi-series CT upload; None: the shipped imaging/selection_ct.yaml
+    ct_selection: dict | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -90,9 +93,24 @@ class Settings:
                                ("DEBUG", "INFO", "WARNING", "ERROR"), upper=True),
             log_format=r.choice("ANATOMIX_LOG_FORMAT", "text", ("text", "json")),
             refuse_warnings=r.codes("ANATOMIX_REFUSE_WARNINGS"),
+            ct_selection=_selection_rules(r.text("ANATOMIX_CT_SELECTION", "")),
         )  # fmt: skip
         r.check_unknown()
         return settings
+
+
+def _selection_rules(path: str) -> dict | None:
+    """A deployment's series selection rules, checked now (a bad file stops the start-up)."""
+    if not path:
+        return None
+    from dataclasses import asdict
+
+    from imaging.selection import Rules
+
+    try:
+        return asdict(Rules.load(path))
+    except ValueError as exc:
+        raise ConfigError(f"ANATOMIX_CT_SELECTION: {exc}") from None
 
 
 #: every variable the server reads (Limits' and ApiKeys' included)
@@ -106,7 +124,8 @@ KNOWN = {
     "ANATOMIX_LOG_FORMAT", "ANATOMIX_MAX_UPLOAD_MB", "ANATOMIX_MAX_FILES",
     "ANATOMIX_MAX_UNZIPPED_MB", "ANATOMIX_MAX_INFLATE_RATIO", "ANATOMIX_MAX_IMAGE_MPX",
     "ANATOMIX_MAX_STUDY_MPX", "ANATOMIX_UPLOAD_TIMEOUT_S", "ANATOMIX_DECODE_TIMEOUT_S",
-    "ANATOMIX_DECODE_MEMORY_MB", "ANATOMIX_REFUSE_WARNINGS", *AUTH_VARIABLES,
+    "ANATOMIX_DECODE_MEMORY_MB", "ANATOMIX_REFUSE_WARNINGS", "ANATOMIX_CT_SELECTION",
+    *AUTH_VARIABLES,
 }  # fmt: skip
 
 

@@ -145,10 +145,21 @@ def test_series_as_files_and_as_zip_equals_read_series(pool, tmp_path):
         np.testing.assert_array_equal(vol.voxels, want.voxels)
         np.testing.assert_array_equal(vol.affine, want.affine)
         assert vol.voxels.dtype == np.float32 and vol.spacing == want.spacing
+        selection = vol.meta.pop("selection")
+        assert selection == {"chosen": want.series_uid, "rejected": {}}  # the only series sent
         assert (vol.modality, vol.series_uid, vol.study_uid, vol.meta) == (
             want.modality, want.series_uid, want.study_uid, want.meta)  # fmt: skip
     mixed = loose[:4] + [_write(tmp_path, "o.dcm", _series(6, (24, 56, 56))[0])]
-    err = _refused(pool.series, mixed)
+    err = _refused(pool.series, mixed)  # two series, neither a volume under the CT rules
+    assert (err.status, err.code) == (422, "no_suitable_series")
+    import pydicom
+
+    uid = pydicom.dcmread(io.BytesIO(slices[0])).SeriesInstanceUID
+    other = pydicom.dcmread(io.BytesIO(_series(6, (24, 56, 56))[0]))
+    other.SeriesInstanceUID = uid  # one series whose slices disagree in size
+    buf = io.BytesIO()
+    other.save_as(buf, enforce_file_format=True)
+    err = _refused(pool.series, loose[:4] + [_write(tmp_path, "x.dcm", buf.getvalue())])
     assert (err.status, err.code) == (422, "inconsistent_series")
 
 

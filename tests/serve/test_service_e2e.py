@@ -149,6 +149,50 @@ def test_segment_series_as_files_and_as_zip(server, exports):
     }
 
 
+def test_a_whole_study_is_segmented_on_the_series_the_rules_choose(server):
+    """Issue #20 item 4: a zip of a study with a localizer, a secondary capture and the axial
+    series segments the axial one (the same answer as the axial series sent alone); the reasons
+    for the others are in the answer; series_uid overrides; an absent one is a 422."""
+    url, _ = server
+    ct = make_chest_ct(5, shape=(24, 48, 48), findings=("nodule",))
+    study = pydicom.uid.generate_uid()
+    axial, loc, sc = (pydicom.uid.generate_uid() for _ in range(3))
+    series = {uid: ct_slice_datasets(ct.volume, study_uid=study, series_uid=uid)
+              for uid in (axial, loc, sc)}  # fmt: skip
+    series[loc], series[sc] = series[loc][:3], series[sc][:4]  # within the 40-file limit
+    for ds in series[loc]:
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    for ds in series[sc]:
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    files = {f"{uid[-6:]}/{i}.dcm": _dcm(ds) for uid in (loc, sc, axial)
+             for i, ds in enumerate(series[uid])}  # fmt: skip
+    whole = _post(url, "/v1/ct/segment", [("study.zip", _zip(files))])
+    alone = _post(
+        url, "/v1/ct/segment", [(f"{i}.dcm", _dcm(ds)) for i, ds in enumerate(series[axial])]
+    )
+    assert whole.status_code == 200 and alone.status_code == 200, whole.text
+    got = whole.json()
+    assert got["series_uid"] == axial and got["labels"] == alone.json()["labels"]
+    assert got["selection"]["chosen"] == axial
+    assert got["selection"]["rejected"] == {
+        loc: "ImageType includes LOCALIZER",
+        sc: "SOP class 1.2.840.10008.5.1.4.1.1.7 is not accepted (secondary capture or similar)",
+    }
+    assert alone.json()["selection"] == {"chosen": axial, "rejected": {}}
+    forced = _post(url, "/v1/ct/segment", [("study.zip", _zip(files))], data={"series_uid": loc})
+    assert (
+        forced.status_code == 422
+        and forced.json()["error"] == "inconsistent_series"
+        or (forced.status_code == 200 and forced.json()["series_uid"] == loc)
+    )
+    absent = _post(
+        url, "/v1/ct/segment", [("study.zip", _zip(files))], data={"series_uid": "1.2.3"}
+    )
+    assert absent.status_code == 422 and absent.json()["error"] == "unknown_series"
+    bad = _post(url, "/v1/ct/segment", [("study.zip", _zip(files))], data={"series_uid": "PID-7"})
+    assert bad.status_code == 422 and "PID-7" not in bad.text
+
+
 def _bogus_syntax() -> bytes:
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     ds.file_meta.TransferSyntaxUID = "1.2.3.4.5.6.7.8.9"
@@ -167,7 +211,7 @@ BAD = {
     ),
     "unsupported_transfer_syntax": ("/v1/cxr/classify", lambda: [("u.dcm", _bogus_syntax())], 415),
     "wrong_modality": ("/v1/cxr/classify", lambda: [("mr.dcm", _bytes("MR_small.dcm"))], 422),
-    "inconsistent_series": (
+    "no_suitable_series": (  # two 4-slice series: neither is a volume under the CT rules
         "/v1/ct/segment",
         lambda: [
             (f"{i}.dcm", b) for i, b in enumerate(_series(7)[:4] + _series(8, (24, 56, 56))[:4])
