@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, CheckpointMismatchError, save_weights
+from .checkpoint import CheckpointError, CheckpointMismatchError, load_torch_file, save_weights
 
 
 @dataclass
@@ -155,6 +155,17 @@ def _match(
         err.report = report
         raise err
     return usable
+
+
+def read_release(
+    path: Path, entries: tuple[str, ...] = ("state_dict",), entry: str | None = None
+) -> tuple[dict[str, torch.Tensor], int | None, str | None, str | None]:
+    """The prelude every importer shares: read ``path`` safely, take its state dict (``entry``,
+    else the first of ``entries`` present) and strip a DataParallel ``module.`` prefix →
+    ``(state, epoch, entry, stripped prefix)``."""
+    state, epoch, entry = unwrap(load_torch_file(path), path, entries=entries, requested=entry)
+    state, stripped = strip_prefix(state, "module.")
+    return state, epoch, entry, stripped
 
 
 def official_families() -> dict:

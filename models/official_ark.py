@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from .ark import ARK
-from .checkpoint import CheckpointError, load_torch_file
-from .official import ImportReport, finish_import, strip_prefix, unwrap
+from .checkpoint import CheckpointError
+from .official import ImportReport, finish_import, read_release
 from .timm_import import infer_swin, layout_note, map_backbone, start_report
 
 #: the file's keys that are Ark's own (not the backbone's); they keep their names
@@ -51,10 +51,7 @@ def import_ark(
     entry: str | None = None,
 ) -> ImportReport:
     """Read the release (its ``teacher``, else ``state_dict``/``model``, or ``entry``)."""
-    state, epoch, entry = unwrap(
-        load_torch_file(path), path, entries=("teacher", "state_dict", "model"), requested=entry
-    )
-    state, stripped = strip_prefix(state, "module.")
+    state, epoch, entry, stripped = read_release(path, ("teacher", "state_dict", "model"), entry)
     args = _infer_args(state, path)
     report = start_report(
         ARK.family, path, args, model_args, ARK.builder, ARK.model_name,

@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import load_torch_file
-from .official import ImportReport, finish_import, strip_prefix, unwrap
+from .official import ImportReport, finish_import, read_release
 from .unet3d import GENESIS_UNET
 
 
@@ -24,8 +23,7 @@ def import_genesis(
     entry: str | None = None,
 ) -> ImportReport:
     """Read the release (its ``state_dict`` entry, or ``entry``) into a U-Net shaped like it."""
-    state, epoch, entry = unwrap(load_torch_file(path), path, requested=entry)
-    state, stripped = strip_prefix(state, "module.")
+    state, epoch, entry, stripped = read_release(path, entry=entry)
     head = state.get("out_tr.final_conv.weight")
     stem = state.get("down_tr64.ops.0.conv1.weight")
     args: dict[str, Any] = {

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, load_torch_file
-from .official import ImportReport, finish_import, strip_prefix, unwrap
+from .checkpoint import CheckpointError
+from .official import ImportReport, finish_import, read_release
 from .peac import PEAC
 from .timm_import import infer_swin, infer_vit, layout_note, map_backbone, start_report
 
@@ -78,13 +78,8 @@ def import_peac(
 ) -> ImportReport:
     """Read the release (its ``teacher``, else ``student``/``state_dict``/``model``, or
     ``entry``)."""
-    state, epoch, entry = unwrap(
-        load_torch_file(path),
-        path,
-        entries=("teacher", "student", "state_dict", "model"),
-        requested=entry,
-    )
-    state, stripped = strip_prefix(state, "module.")
+    entries = ("teacher", "student", "state_dict", "model")
+    state, epoch, entry, stripped = read_release(path, entries, entry)
     # The backbone's name in the file (``swin_model.`` in the release): whatever precedes its
     # patch embedding.
     anchor = next((k for k in state if k.endswith("patch_embed.proj.weight")), None)

@@ -19,7 +19,6 @@ import dataclasses
 import io
 import os
 import posixpath
-import re
 import stat
 import time
 import zipfile
@@ -44,6 +43,7 @@ from imaging.source import GZIP_MAGIC, open_source
 
 from .errors import RequestError
 from .limits import Limits
+from .privacy import is_uid
 
 __all__ = [
     "Inflation",
@@ -354,9 +354,6 @@ def decode_series_files(
     return volume
 
 
-_SERIES_UID = re.compile(r"[0-9.]{1,64}")
-
-
 def select_upload(images: list[Image], rules: dict | None, series_uid: str | None):
     """The :class:`imaging.selection.Selection` of an upload; 422 when nothing qualifies or the
     asked-for series is absent (the reasons name series UIDs and attributes only)."""
@@ -377,7 +374,7 @@ def select_upload(images: list[Image], rules: dict | None, series_uid: str | Non
         raise RequestError(500, "bad_selection_rules", str(exc)) from None
     if selection.chosen is None:
         why = "; ".join(
-            f"{uid if _SERIES_UID.fullmatch(uid) else 'a series with an invalid UID'}: {reason}"
+            f"{uid if is_uid(uid) else 'a series with an invalid UID'}: {reason}"
             for uid, reason in selection.reasons.items()
         )
         raise RequestError(

@@ -75,11 +75,16 @@ def install() -> None:
     warnings.showwarning = _showwarning
 
 
+def is_uid(value: str) -> bool:
+    """Whether ``value`` is a DICOM UID: dot-separated digit runs, at most 64 characters."""
+    return len(value) <= 64 and _UID.fullmatch(value) is not None
+
+
 def checked_uid(value: str, what: str) -> str:
     """``value`` if it is a DICOM UID (digits and dots, at most 64 characters) or empty;
     otherwise a 422 naming only the attribute."""
     value = (value or "").strip().rstrip("\x00").strip()
-    if value and (len(value) > 64 or not _UID.fullmatch(value)):
+    if value and not is_uid(value):
         raise RequestError(
             422, "invalid_uid",
             f"{what} is not a valid DICOM UID (digits and dots, at most 64 characters)",
