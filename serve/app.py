@@ -80,6 +80,7 @@ class State:
         self.metrics_public, self.preprocess = metrics_public, preprocess
         self.refuse = frozenset(refuse)  # serve.guard warning codes answered with a 422
         self.ct_selection = ct_selection  # series selection rules (None: the shipped ones)
+        self.gateway = None  # the PACS side (serve.pacs.gateway.Gateway), set by the service
 
 
 STATE: State | None = None
@@ -251,19 +252,25 @@ def _radiographs(st: State, role: str, form, budget: Budget, timer: StageTimer, 
     return m, items, ids, out
 
 
+def findings(m: LoadedModel, out: dict, i: int) -> dict[str, dict[str, float]]:
+    """Item ``i``'s probabilities: label set → {label: probability rounded to 6 decimals}."""
+    found = {}
+    for o in m.manifest.outputs:
+        if o.meaning == "probabilities":
+            probs = out[o.name][i]
+            labels = o.labels or [str(k) for k in range(len(probs))]
+            found[o.head or o.name] = {
+                lab: round(float(p), 6) for lab, p in zip(labels, probs, strict=True)
+            }
+    return found
+
+
 def classify_work(st: State, form, budget: Budget, timer: StageTimer):
     m, items, ids, out = _radiographs(st, "cxr_classify", form, budget, timer)
-    results = []
-    for i, (name, *_) in enumerate(items):
-        findings = {}
-        for o in m.manifest.outputs:
-            if o.meaning == "probabilities":
-                probs = out[o.name][i]
-                labels = o.labels or [str(k) for k in range(len(probs))]
-                findings[o.head or o.name] = {
-                    lab: round(float(p), 6) for lab, p in zip(labels, probs, strict=True)
-                }
-        results.append({"file": name, **ids[i], "findings": findings})
+    results = [
+        {"file": name, **ids[i], "findings": findings(m, out, i)}
+        for i, (name, *_) in enumerate(items)
+    ]
     body = {"model": m.id, "label_sets": list(results[0]["findings"]), "results": results}
     return body, "application/json"
 
@@ -407,13 +414,26 @@ def segment_work(st: State, form, budget: Budget, timer: StageTimer):
 
 
 def segment_dcm_work(st: State, form, budget: Budget, timer: StageTimer):
+    m, volume, masks, labels, _, heads, warnings = segment_series(
+        st, form, budget, timer, headers=True
+    )
+    budget.check()
+    codes = ",".join(dict.fromkeys(w["code"] for w in warnings))
+    return (
+        seg_result(m, volume, masks, labels, heads),
+        "application/dicom",
+        {"X-Anatomix-Warnings": codes} if codes else {},
+    )
+
+
+def seg_result(m: LoadedModel, volume, masks, labels, heads, *, uid_root: str | None = None,
+               uids_from=()) -> bytes:  # fmt: skip
+    """The DICOM SEG of a :func:`segment_series` result, referencing each source slice (a 422
+    where the series cannot be referenced slice by slice or the model resamples it)."""
     import pydicom
 
     from .seg import seg_bytes
 
-    m, volume, masks, labels, _, heads, warnings = segment_series(
-        st, form, budget, timer, headers=True
-    )
     if m.manifest.preprocessing.spacing is not None:
         raise RequestError(422, "seg_not_on_source_grid", "this model resamples the series; "
                            "its masks cannot be stored against the source slices")  # fmt: skip
@@ -431,22 +451,20 @@ def segment_dcm_work(st: State, form, budget: Budget, timer: StageTimer):
             "instance needs its own SOPInstanceUID and one frame)",
         ) from None  # fmt: skip
     try:
-        version = importlib.metadata.version("anatomix")
-    except importlib.metadata.PackageNotFoundError:
-        version = "0"
-    budget.check()
-    try:
-        codes = ",".join(dict.fromkeys(w["code"] for w in warnings))
-        return (
-            seg_bytes(sources, masks, labels, model_id=m.id, version=version),
-            "application/dicom",
-            {"X-Anatomix-Warnings": codes} if codes else {},
-        )
+        return seg_bytes(sources, masks, labels, model_id=m.id, version=anatomix_version(),
+                         uid_root=uid_root, uids_from=uids_from)  # fmt: skip
     except (ValueError, TypeError, AttributeError) as exc:  # highdicom refuses the sources
         raise RequestError(
             422, "seg_not_possible",
             f"no DICOM SEG for this series ({type(exc).__name__}: highdicom refused the sources)",
         ) from None  # fmt: skip
+
+
+def anatomix_version() -> str:
+    try:
+        return importlib.metadata.version("anatomix")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
 
 
 # --- preprocessing -------------------------------------------------------------------------------
@@ -535,6 +553,35 @@ async def models_endpoint(request: Request) -> Response:
     return JSONResponse({"models": [m.describe() for m in reg.models], "not_loaded": reg.problems})
 
 
+async def jobs_endpoint(request: Request) -> Response:
+    """``GET /v1/jobs`` (newest first; ``?limit=`` up to 1000, ``?state=``) and
+    ``GET /v1/jobs/{id}``: the PACS pipeline's job records (study UIDs, never patient data)."""
+    st = STATE
+    if st is None or st.gateway is None:
+        return _error(RequestError(503, "starting", "the service is starting; retry shortly"))
+    if not st.keys.check(request.headers):
+        return _unauthorized()
+    jobs = st.gateway.jobs
+    job_id = request.path_params.get("job_id")
+    if job_id is not None:
+        job = jobs.get(job_id) if len(job_id) <= 64 else None
+        if job is None:
+            return _error(RequestError(404, "unknown_job", "no job with this id"))
+        return JSONResponse(job)
+    try:
+        limit = int(request.query_params.get("limit", "100"))
+        if not 1 <= limit <= 1000:
+            raise ValueError
+    except ValueError:
+        return _error(RequestError(400, "bad_limit", "limit must be a whole number 1-1000"))
+    state = request.query_params.get("state") or None
+    from .pacs.jobs import STATES
+
+    if state is not None and state not in STATES:
+        return _error(RequestError(400, "bad_state", f"state must be one of {', '.join(STATES)}"))
+    return JSONResponse({"jobs": jobs.list(limit, state), **st.gateway.outbox.counts()})
+
+
 async def metrics_endpoint(request: Request) -> Response:
     st = STATE
     if st is None:
@@ -548,11 +595,7 @@ async def metrics_endpoint(request: Request) -> Response:
 async def openapi_endpoint(request: Request) -> Response:
     from .openapi import spec
 
-    try:
-        version = importlib.metadata.version("anatomix")
-    except importlib.metadata.PackageNotFoundError:
-        version = "0"
-    return JSONResponse(spec(version))
+    return JSONResponse(spec(anatomix_version()))
 
 
 async def not_found(request: Request) -> Response:
@@ -597,6 +640,8 @@ def build_app() -> Starlette:
     from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
 
+    from .pacs.stow import stow_endpoint
+
     routes = [
         Route("/v1/cxr/classify", _endpoint("cxr", _files_spec, classify_work), methods=["POST"]),
         Route("/v1/embed", _endpoint("cxr", _files_spec, embed_work), methods=["POST"]),
@@ -608,6 +653,10 @@ def build_app() -> Starlette:
             "/v1/ct/segment.dcm", _endpoint("ct", _series_spec, segment_dcm_work), methods=["POST"]
         ),  # fmt: skip
         Route("/v1/models", models_endpoint, methods=["GET"]),
+        Route("/v1/jobs", jobs_endpoint, methods=["GET"]),
+        Route("/v1/jobs/{job_id}", jobs_endpoint, methods=["GET"]),
+        Route("/dicomweb/studies", stow_endpoint, methods=["POST"]),
+        Route("/dicomweb/studies/{study}", stow_endpoint, methods=["POST"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/docs.json", openapi_endpoint, methods=["GET"]),
         # the interactive documentation is BentoML's Swagger UI at / (it reads /docs.json)
@@ -624,5 +673,6 @@ def build_app() -> Starlette:
 #: the route templates metrics label by (anything else is "unmatched")
 ROUTES = [
     "/v1/cxr/classify", "/v1/embed", "/v1/cxr/correspond", "/v1/ct/segment",
-    "/v1/ct/segment.dcm", "/v1/models", "/metrics", "/docs.json",
+    "/v1/ct/segment.dcm", "/v1/models", "/v1/jobs", "/v1/jobs/{job_id}", "/dicomweb/studies",
+    "/dicomweb/studies/{study}", "/metrics", "/docs.json",
 ]  # fmt: skip

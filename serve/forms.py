@@ -33,6 +33,7 @@ __all__ = [
     "FilePart",
     "Form",
     "FormSpec",
+    "RELATED",
     "clean_stale_spools",
     "display_name",
     "read_form",
@@ -43,8 +44,9 @@ Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 
 MAX_NAME_CHARS = 128  # a form field's name
 MAX_DISPLAY_CHARS = 80  # a file's display name
-# RFC 2046 §5.1.1: 1-70 bchars, the last one not a space.
-_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+# RFC 2046 §5.1.1: bchars, the last one not a space, at most 70 of them; up to 128 are taken,
+# since Orthanc's DICOMweb client sends 73 (two UUIDs) and a PACS cannot be reconfigured.
+_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,127}[0-9A-Za-z'()+_,\-./:=?]")
 # One `; key=value` parameter, the value a token or a quoted string.
 _PARAM = re.compile(r';\s*([^\s;=]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
 _STARTED = time.time()  # files older than this in our own spool dir are a dead namesake's
@@ -127,13 +129,18 @@ def display_name(raw: str) -> str:
     return name if name not in ("", ".", "..") else "upload"
 
 
-def _check_headers(headers: Mapping[str, str], limits: Limits) -> bytes:
+#: the body of a DICOMweb STOW-RS request (PS3.18 §10.5): every part one application/dicom file
+RELATED = "multipart/related"
+
+
+def _check_headers(headers: Mapping[str, str], limits: Limits, kind: str) -> bytes:
     """Refuse what the headers alone show to be wrong; the multipart boundary."""
-    kind, params = _params(headers.get("content-type") or "")
-    if kind != "multipart/form-data":
-        raise RequestError(
-            415, "unsupported_media_type", "the request body must be multipart/form-data"
-        )
+    got, params = _params(headers.get("content-type") or "")
+    if got != kind:
+        raise RequestError(415, "unsupported_media_type", f"the request body must be {kind}")
+    if kind == RELATED and params.get("type", "application/dicom").lower() != "application/dicom":
+        raise RequestError(415, "unsupported_media_type", 'the request body must be '
+                           'multipart/related; type="application/dicom"')  # fmt: skip
     encoding = (headers.get("content-encoding") or "identity").strip().lower()
     if encoding != "identity":
         raise RequestError(
@@ -141,7 +148,7 @@ def _check_headers(headers: Mapping[str, str], limits: Limits) -> bytes:
         )
     boundary = params.get("boundary", "")
     if not _BOUNDARY.fullmatch(boundary):
-        raise _bad("the Content-Type has no valid multipart boundary (1-70 characters, RFC 2046)")
+        raise _bad("the Content-Type has no valid multipart boundary (1-128 RFC 2046 characters)")
     length = headers.get("content-length")
     if length is not None:
         if not re.fullmatch(r"\s*[0-9]+\s*", length):
@@ -296,6 +303,21 @@ class _Parts:
             path.unlink(missing_ok=True)
 
 
+class _RelatedParts(_Parts):
+    """multipart/related (STOW-RS): no field names; every part is an ``application/dicom`` file,
+    spooled under the spec's single file field."""
+
+    def headers_finished(self) -> None:
+        ctype = next((v for k, v in self.headers if k == b"content-type"), b"")
+        kind, _ = _params(ctype.decode("latin-1"))
+        if kind != "application/dicom":
+            raise RequestError(415, "unsupported_media_type", "every part must be "
+                               "application/dicom (DICOM PS3.18 STOW-RS)")  # fmt: skip
+        (name,) = self.spec.files
+        self._begin_file(name, {"filename": f"part-{self.parts}.dcm"}, True)
+        self.name = name
+
+
 async def read_form(
     receive: Receive,
     headers: Mapping[str, str],
@@ -304,12 +326,14 @@ async def read_form(
     spool_dir: Path,
     *,
     cancelled: threading.Event | None = None,
+    kind: str = "multipart/form-data",
 ) -> Form:
-    """Read a multipart/form-data body from the ASGI ``receive``, enforcing ``limits`` and
-    ``spec`` as it streams. :class:`RequestError` on any client mistake, :class:`Cancelled` when
-    the client disconnects or ``cancelled`` is set; either way nothing stays on disk."""
-    boundary = _check_headers(headers, limits)  # before a single byte is read
-    parts = _Parts(spec, limits, spool_dir)
+    """Read a multipart/form-data body (or with ``kind`` :data:`RELATED`, a STOW-RS body) from
+    the ASGI ``receive``, enforcing ``limits`` and ``spec`` as it streams. :class:`RequestError`
+    on any client mistake, :class:`Cancelled` when the client disconnects or ``cancelled`` is
+    set; either way nothing stays on disk."""
+    boundary = _check_headers(headers, limits, kind)  # before a single byte is read
+    parts = (_RelatedParts if kind == RELATED else _Parts)(spec, limits, spool_dir)
     # The parser's own per-line bound is ours for all headers; a part may have 16 header lines.
     parser = MultipartParser(
         boundary,
@@ -350,7 +374,7 @@ async def read_form(
                 # cancellation and land in a reused file descriptor.
                 parser.write(chunk)
             except FormParserError:
-                raise _bad("the body is not valid multipart/form-data") from None
+                raise _bad(f"the body is not valid {kind}") from None
         if not parts.ended:
             raise _bad("the body ended before the form's closing boundary")
         if parts.parts == 0:

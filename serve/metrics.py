@@ -64,6 +64,8 @@ class Metrics:
             registry=r, buckets=(1, 2, 4, 8, 16, 32, 64),
         )  # fmt: skip
 
+        self.pacs = PacsCounters(r)
+
     def stages(self, route: str, ms: dict[str, float]) -> None:
         """One request's stage times (:class:`serve.timing.StageTimer`); known stages only."""
         for stage, value in ms.items():
@@ -83,3 +85,34 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class PacsCounters:
+    """The PACS pipeline's counters (:mod:`serve.pacs.gateway`); labels from fixed sets."""
+
+    RECEIVERS = ("stow", "dimse")
+
+    def __init__(self, r: CollectorRegistry):
+        self.instances = Counter(
+            "anatomix_pacs_instances", "Instances received (stored) or refused, per receiver",
+            ["receiver", "outcome"], registry=r,
+        )  # fmt: skip
+        self.studies = Counter(
+            "anatomix_pacs_studies", "Studies processed (results written) or failed",
+            ["outcome"], registry=r,
+        )  # fmt: skip
+        self.deliveries = Counter(
+            "anatomix_pacs_deliveries", "Results delivered to a destination, or dead-lettered "
+            "after every retry (they are retried later)", ["outcome"], registry=r,
+        )  # fmt: skip
+
+    def count(self, what: str, receiver: str | None = None) -> None:
+        if what in ("received", "refused"):
+            receiver = receiver if receiver in self.RECEIVERS else "stow"
+            self.instances.labels(receiver, what).inc()
+        elif what in ("processed", "failed"):
+            self.studies.labels(what).inc()
+        elif what == "delivered":
+            self.deliveries.labels("delivered").inc()
+        elif what == "delivery_failed":
+            self.deliveries.labels("dead_lettered").inc()

@@ -87,6 +87,39 @@ def spec(version: str = "0") -> dict:
                                  "responses": responses, "security": security}}  # fmt: skip
     paths["/v1/models"] = {"get": {"summary": "The loaded models and exports that failed to load",
                                    "responses": {"200": {"description": "models"}}}}  # fmt: skip
+    jobs = {"200": {"description": "job records"}, "401": {"description": "API key"}}
+    paths["/v1/jobs"] = {"get": {
+        "summary": "The PACS pipeline's jobs, newest first: study UID (never patient data), "
+        "selected series, models, state (received, selected, inferring, delivering, delivered, "
+        "processed, failed with the reason), stage timings; ?limit= (1-1000), ?state=",
+        "responses": jobs, "security": [{"key": []}, {"bearer": []}]}}  # fmt: skip
+    paths["/v1/jobs/{job_id}"] = {
+        "get": {
+            "summary": "One job",
+            "responses": jobs | {"404": {"description": "no such job"}},
+            "security": [{"key": []}, {"bearer": []}],
+        }
+    }
+    stow = {
+        "summary": "DICOMweb STOW-RS (PS3.18 §10.5): store CT, CR, DX and secondary capture "
+        "instances; each is on disk before the answer, and complete studies are routed to the "
+        "models, results sent to ANATOMIX_DESTINATIONS",
+        "requestBody": {"required": True, "content": {
+            'multipart/related; type="application/dicom"': {}}},
+        "responses": {
+            "200": {"description": "all stored (ReferencedSOPSequence)",
+                    "content": {"application/dicom+json": {}}},
+            "202": {"description": "some stored; the others in FailedSOPSequence with a "
+                    "FailureReason (0xC000 not DICOM or corrupt, 0x0122 SOP class not accepted, "
+                    "0xA901 another study than the URL's, 0xA700 inbox full)"},
+            "409": {"description": "none stored (FailedSOPSequence)"},
+            **{c: {"description": REFUSALS[c]} for c in ("400", "401", "413")},
+            "415": {"description": 'not multipart/related; type="application/dicom"'},
+        },
+        "security": [{"key": []}, {"bearer": []}],
+    }  # fmt: skip
+    paths["/dicomweb/studies"] = {"post": stow}
+    paths["/dicomweb/studies/{study}"] = {"post": stow}
     paths["/metrics"] = {"get": {"summary": "Prometheus metrics (key required when "
                                  "ANATOMIX_METRICS_PUBLIC=0)",
                                  "responses": {"200": {"description": "text format"}}}}  # fmt: skip

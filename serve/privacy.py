@@ -2,9 +2,9 @@
 
 Uploaded DICOM can carry identifiers in any text element, and a damaged length can make one
 element swallow its neighbours, so no value read from an upload is trusted to be harmless:
-- log records of third-party libraries that quote DICOM values (pydicom, highdicom) are reduced
-  to their source location; exception messages in any traceback are dropped (frames are kept);
-  Python warnings are logged by category and location only;
+- log records of third-party libraries that quote DICOM values (pydicom, highdicom, pynetdicom)
+  are reduced to their source location; exception messages in any traceback are dropped
+  (frames are kept); Python warnings are logged by category and location only;
 - UIDs and the Modality returned or quoted are checked against their DICOM value
   representations (UI, CS) first, so a swallowed name cannot ride along.
 """
@@ -19,7 +19,7 @@ import warnings
 from .errors import RequestError
 
 #: loggers whose messages may quote attribute values (and their children)
-QUOTING_LOGGERS = ("pydicom", "highdicom", "py.warnings")
+QUOTING_LOGGERS = ("pydicom", "highdicom", "pynetdicom", "py.warnings")
 _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 #: DICOM PS3.3 C.7.3.1.1.1 Modality defined terms (current and retired): only these are echoed
 MODALITY_TERMS = frozenset(

@@ -7,11 +7,13 @@ points at the CT instance it was computed on; PACS viewers overlay it on the stu
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
 from pydicom import Dataset
 from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
 
 # SNOMED CT concepts for the segment descriptions (DICOM PS3.16 CID 7150/7151 style codes)
 CATEGORY = Code("49755003", "SCT", "Morphologically abnormal structure")
@@ -26,8 +28,14 @@ def seg_bytes(
     *,
     model_id: str,
     version: str,
+    uid_root: str | None = None,
+    uids_from: Sequence[str] = (),
 ) -> bytes:
     """Encode ``masks`` (bool ``(n_labels, D, H, W)``, slice d computed on ``sources[d]``).
+
+    New UIDs start with ``uid_root`` (the organisation's; pydicom's when None). With ``uids_from``
+    they are derived from those strings (the model and the source instances), so processing the
+    same study again gives the same SEG UIDs and a PACS stores the result once.
 
     Returns:
         The SEG file's bytes (explicit VR little endian).
@@ -55,9 +63,9 @@ def seg_bytes(
         pixel_array=pixels if len(labels) > 1 else pixels[..., 0],
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
+        series_instance_uid=_uid(uid_root, uids_from, "seg-series"),
         series_number=900,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=_uid(uid_root, uids_from, "seg-instance"),
         instance_number=1,
         manufacturer="anatomix",
         manufacturer_model_name=model_id[:64],
@@ -68,3 +76,8 @@ def seg_bytes(
     buf = io.BytesIO()
     seg.save_as(buf)
     return buf.getvalue()
+
+
+def _uid(root: str | None, sources: Sequence[str], role: str) -> hd.UID:
+    entropy = [*sources, role] if sources else None
+    return hd.UID(generate_uid(prefix=root or "1.2.826.0.1.3680043.8.498.", entropy_srcs=entropy))

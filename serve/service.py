@@ -65,15 +65,19 @@ def build_state(settings=None) -> api.State:
     when not given; :class:`~serve.limits.ConfigError` names a bad setting)."""
     from .decoder import DecoderPool
     from .forms import clean_stale_spools, spool_root
-    from .lanes import Lane, PriorityGate
+    from .lanes import Lane, LaneConfig, PriorityGate
     from .metrics import Metrics
+    from .pacs.gateway import Gateway
     from .registry import ModelRegistry
     from .settings import Settings
 
     s = settings or Settings.from_env()
+    # STOW-RS requests: each stores its instances at disk speed; the queue bounds the spool
+    stow_lane = LaneConfig(4, 16, 60.0)
     log.info("radiograph preprocessing: %s", api.preprocess_mode(s.preprocess))
     metrics = Metrics(api.ROUTES)
-    lanes = {"cxr": Lane("cxr", s.cxr_lane, metrics), "ct": Lane("ct", s.ct_lane, metrics)}
+    lanes = {"cxr": Lane("cxr", s.cxr_lane, metrics), "ct": Lane("ct", s.ct_lane, metrics),
+             "stow": Lane("stow", stow_lane, metrics)}  # fmt: skip
     budgets = {"cxr": s.cxr_timeout_s, "ct": s.ct_timeout_s}
     removed = clean_stale_spools(s.spool_dir)
     if removed:
@@ -86,12 +90,14 @@ def build_state(settings=None) -> api.State:
     metrics.models.set(len(registry.models))
     for m in registry.models:  # model ids are the loaded exports: a bounded label set
         m.batcher.on_batch = metrics.batch_size.labels(m.id).observe
-    return api.State(
+    state = api.State(
         limits=s.limits, keys=s.keys, registry=registry, decoders=decoders, lanes=lanes,
         budgets=budgets, metrics=metrics, spool=spool_root(s.spool_dir), gate=PriorityGate(),
         metrics_public=s.metrics_public, preprocess=s.preprocess, refuse=s.refuse_warnings,
         ct_selection=s.ct_selection,
     )  # fmt: skip
+    state.gateway = Gateway(state, s.pacs)
+    return state
 
 
 @bentoml.asgi_app(api.build_app(), path="/")
@@ -111,10 +117,17 @@ class AnatomixService:
         die_with_parent(os.getppid())
         api.STATE = build_state(settings)
         st = api.STATE
+        st.gateway.start()  # the C-STORE receiver (when configured), assembly and delivery
         log.info("anatomix: %d model(s) loaded from %s; API keys %s", len(st.registry.models),
                  st.registry.root, "required" if st.keys.required else "not required")  # fmt: skip
         if st.registry.not_ready():
             log.error("not ready: %s", st.registry.not_ready())
+
+    @bentoml.on_shutdown
+    def _stop_pacs(self) -> None:
+        """Close the C-STORE receiver's port and stop delivery; stored studies stay on disk."""
+        if api.STATE is not None and api.STATE.gateway is not None:
+            api.STATE.gateway.stop()
 
     def __is_ready__(self) -> bool:
         """``/readyz``: 503 saying why until a model is loaded (BentoML answers 200 otherwise)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from .auth import ApiKeys
 from .lanes import LaneConfig
 from .limits import ConfigError, Limits, env_number
+from .pacs.gateway import PacsSettings
 
 log = logging.getLogger("anatomix.serve")
 
@@ -63,6 +65,8 @@ class Settings:
     # ANATOMIX_CT_SELECTION: a YAML rule file (imaging/selection.py) choosing the series of a
     # multi-series CT upload; None: the shipped imaging/selection_ct.yaml
     ct_selection: dict | None = None
+    # the PACS side (serve/pacs): ANATOMIX_PACS_DIR, ANATOMIX_DICOM_*, ANATOMIX_DESTINATIONS, ...
+    pacs: PacsSettings = field(default_factory=PacsSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -93,13 +97,15 @@ class Settings:
                                ("DEBUG", "INFO", "WARNING", "ERROR"), upper=True),
             log_format=r.choice("ANATOMIX_LOG_FORMAT", "text", ("text", "json")),
             refuse_warnings=r.codes("ANATOMIX_REFUSE_WARNINGS"),
-            ct_selection=_selection_rules(r.text("ANATOMIX_CT_SELECTION", "")),
+            ct_selection=_selection_rules(r.text("ANATOMIX_CT_SELECTION", ""),
+                                          "ANATOMIX_CT_SELECTION"),
+            pacs=_pacs(r),
         )  # fmt: skip
         r.check_unknown()
         return settings
 
 
-def _selection_rules(path: str) -> dict | None:
+def _selection_rules(path: str, name: str) -> dict | None:
     """A deployment's series selection rules, checked now (a bad file stops the start-up)."""
     if not path:
         return None
@@ -110,7 +116,64 @@ def _selection_rules(path: str) -> dict | None:
     try:
         return asdict(Rules.load(path))
     except ValueError as exc:
-        raise ConfigError(f"ANATOMIX_CT_SELECTION: {exc}") from None
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _pacs(r: _Reader) -> PacsSettings:
+    """The PACS settings (README "Connect to a PACS"); the receiver's and destinations' syntax
+    is checked here, so a typo stops the start-up instead of losing studies."""
+    aet, port = r.text("ANATOMIX_DICOM_AET", ""), r.int("ANATOMIX_DICOM_PORT", None)
+    if bool(aet) != (port is not None):
+        raise ConfigError("ANATOMIX_DICOM_AET and ANATOMIX_DICOM_PORT turn the C-STORE receiver "
+                          "on together: set both or neither")  # fmt: skip
+    if port is not None and port > 65535:
+        raise ConfigError(f"ANATOMIX_DICOM_PORT must be a TCP port, got {port}")
+    uid_root = r.text("ANATOMIX_UID_ROOT", "") or None
+    if uid_root is not None:
+        root = uid_root.rstrip(".")
+        if len(root) > 40 or not re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+", root):
+            raise ConfigError(f"ANATOMIX_UID_ROOT must be a UID root (digits and dots, at most 40 "
+                              f"characters), got {uid_root!r}")  # fmt: skip
+        uid_root = root + "."
+    from .pacs.destinations import parse_destinations
+    from .pacs.dimse import check_aet, parse_allow
+
+    def checked(name: str, parse, *args, **kw):
+        try:
+            return parse(*args, **kw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+
+    aet = checked("ANATOMIX_DICOM_AET", check_aet, aet) if aet else ""
+    destinations = checked(
+        "ANATOMIX_DESTINATIONS", parse_destinations, r.text("ANATOMIX_DESTINATIONS", ""),
+        authorization=r.text("ANATOMIX_DESTINATION_AUTHORIZATION", "") or None,
+    )  # fmt: skip
+    allow = checked("ANATOMIX_DICOM_ALLOW", parse_allow, r.text("ANATOMIX_DICOM_ALLOW", ""))
+    backoff = r.text("ANATOMIX_DELIVERY_BACKOFF_S", "5,15,60,300,900")
+    try:
+        backoff_s = tuple(float(v) for v in backoff.split(","))
+        if not backoff_s or min(backoff_s) <= 0:
+            raise ValueError
+    except ValueError:
+        raise ConfigError("ANATOMIX_DELIVERY_BACKOFF_S must be positive seconds separated by "
+                          f"commas, got {backoff!r}") from None  # fmt: skip
+    return PacsSettings(
+        root=Path(r.text("ANATOMIX_PACS_DIR", "pacs")),
+        quiet_s=r.number("ANATOMIX_STUDY_QUIET_S", 5.0),
+        max_mb=r.int("ANATOMIX_PACS_MAX_MB", 20480),
+        retain_h=r.number("ANATOMIX_PACS_RETAIN_H", 24.0),
+        destinations=tuple(destinations),
+        backoff_s=backoff_s,
+        dead_retry_s=r.number("ANATOMIX_DELIVERY_DEAD_RETRY_S", 900.0),
+        uid_root=uid_root,
+        aet=aet or None,
+        port=port,
+        host=r.text("ANATOMIX_DICOM_HOST", "127.0.0.1"),
+        allow=tuple(allow),
+        max_associations=r.int("ANATOMIX_DICOM_MAX_ASSOCIATIONS", 4),
+        cxr_rules=_selection_rules(r.text("ANATOMIX_CXR_SELECTION", ""), "ANATOMIX_CXR_SELECTION"),
+    )
 
 
 #: every variable the server reads (Limits' and ApiKeys' included)
@@ -125,6 +188,11 @@ KNOWN = {
     "ANATOMIX_MAX_UNZIPPED_MB", "ANATOMIX_MAX_INFLATE_RATIO", "ANATOMIX_MAX_IMAGE_MPX",
     "ANATOMIX_MAX_STUDY_MPX", "ANATOMIX_UPLOAD_TIMEOUT_S", "ANATOMIX_DECODE_TIMEOUT_S",
     "ANATOMIX_DECODE_MEMORY_MB", "ANATOMIX_REFUSE_WARNINGS", "ANATOMIX_CT_SELECTION",
+    "ANATOMIX_PACS_DIR", "ANATOMIX_STUDY_QUIET_S", "ANATOMIX_PACS_MAX_MB", "ANATOMIX_PACS_RETAIN_H",
+    "ANATOMIX_DESTINATIONS", "ANATOMIX_DESTINATION_AUTHORIZATION", "ANATOMIX_DELIVERY_BACKOFF_S",
+    "ANATOMIX_DELIVERY_DEAD_RETRY_S", "ANATOMIX_UID_ROOT", "ANATOMIX_DICOM_AET",
+    "ANATOMIX_DICOM_PORT", "ANATOMIX_DICOM_HOST", "ANATOMIX_DICOM_ALLOW",
+    "ANATOMIX_DICOM_MAX_ASSOCIATIONS", "ANATOMIX_CXR_SELECTION",
     *AUTH_VARIABLES,
 }  # fmt: skip
 

@@ -6,6 +6,8 @@ import pytest
 
 os.environ.setdefault("PYDICOM_DATA_NO_DOWNLOAD", "1")
 
+from .served_exports import exports  # noqa: E402, F401 - a session fixture of tests/serve and tests/pacs
+
 
 def pytest_collection_modifyitems(config, items):
     import torch

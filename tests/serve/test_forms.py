@@ -19,6 +19,7 @@ import pytest
 
 from serve.errors import Cancelled, RequestError
 from serve.forms import (
+    RELATED,
     FormSpec,
     clean_stale_spools,
     display_name,
@@ -211,7 +212,7 @@ def never(*_):
         ({"content-type": "multipart/form-data"}, 400, "bad_form"),
         ({"content-type": "multipart/form-data; boundary="}, 400, "bad_form"),
         ({"content-type": 'multipart/form-data; boundary=""'}, 400, "bad_form"),
-        ({"content-type": "multipart/form-data; boundary=" + "a" * 71}, 400, "bad_form"),
+        ({"content-type": "multipart/form-data; boundary=" + "a" * 129}, 400, "bad_form"),
         ({"content-type": "multipart/form-data; boundary=a\x00b"}, 400, "bad_form"),
         ({"content-type": 'multipart/form-data; boundary="ab "'}, 400, "bad_form"),
         ({**CT, "content-length": "12abc"}, 400, "bad_form"),
@@ -451,3 +452,48 @@ def test_full_disk_is_507_not_500(spool, monkeypatch):
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
     err = refused(spool, body(FILE, FILE))
     assert (err.status, err.code) == (507, "insufficient_storage")
+
+
+# --- multipart/related (DICOMweb STOW-RS, issue #20) --------------------------------------------
+
+ORTHANC_B = "7f856862-6968-48c4-a2f9-dc5ada43187f-7f856862-6968-48c4-a2f9-dc5ada43187f"
+RELATED_SPEC = FormSpec(files={"file": 10}, fields={})
+
+
+def related(boundary: str = ORTHANC_B, kind: str = "application/dicom") -> dict:
+    return {"content-type": f'multipart/related; type="{kind}"; boundary={boundary}'}
+
+
+def dicom_part(data: bytes, kind: str = "application/dicom") -> bytes:
+    return part("", data, lines=[f"Content-Type: {kind}", f"Content-Length: {len(data)}"])
+
+
+def test_stow_bodies_are_read_part_by_part_with_orthancs_73_character_boundary(spool):
+    """Orthanc's DICOMweb client sends a boundary of two UUIDs (73 characters: more than RFC
+    2046's 70), chunked: such a body is read, each part spooled as one file."""
+    data = body(dicom_part(b"DICM-one"), dicom_part(b"DICM-two" * 1000), boundary=ORTHANC_B)
+    form = read(Feed(split(data, 333)), related(), RELATED_SPEC, spool=spool, kind=RELATED)
+    assert [p.path.read_bytes() for p in form.files] == [b"DICM-one", b"DICM-two" * 1000]
+    assert [p.field for p in form.files] == ["file", "file"]
+    form.close()
+
+
+@pytest.mark.parametrize(
+    "headers, data, status, code",
+    [
+        (CT, None, 415, "unsupported_media_type"),  # form-data where related is required
+        (related(kind="application/dicom+json"), None, 415, "unsupported_media_type"),
+        (related(), body(dicom_part(b"x", "application/octet-stream"), boundary=ORTHANC_B),
+         415, "unsupported_media_type"),
+        (related(), body(part("files", b"x", "a.dcm"), boundary=ORTHANC_B), 415,
+         "unsupported_media_type"),  # a form-data part has no application/dicom type
+        (related(), body(*[dicom_part(b"x")] * 11, boundary=ORTHANC_B), 413, "too_many_files"),
+        (related(), body(dicom_part(b"x"), boundary=ORTHANC_B, close=False), 400, "bad_form"),
+    ],
+)  # fmt: skip
+def test_stow_bodies_that_are_not_application_dicom_parts_are_refused(
+    spool, headers, data, status, code
+):
+    data = data if data is not None else body(dicom_part(b"x"), boundary=ORTHANC_B)
+    err = refused(spool, data, headers, RELATED_SPEC, kind=RELATED)
+    assert (err.status, err.code) == (status, code)
