@@ -17,12 +17,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from export.segmentation import segment_volume
@@ -37,6 +38,14 @@ from .registry import MODALITIES, LoadedModel
 from .timing import StageTimer
 
 log = logging.getLogger("anatomix.serve")
+UI = Path(__file__).resolve().parent / "ui"  # the viewer page's static files
+#: the page runs only its own files and talks only to this server (previews are blob: URLs)
+UI_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 #: the ``allow_any_modality`` / ``model`` text fields every endpoint takes
 COMMON_FIELDS = {"allow_any_modality": 16, "model": 256}
@@ -81,6 +90,9 @@ class State:
         self.refuse = frozenset(refuse)  # serve.guard warning codes answered with a 422
         self.ct_selection = ct_selection  # series selection rules (None: the shipped ones)
         self.gateway = None  # the PACS side (serve.pacs.gateway.Gateway), set by the service
+        from .view import ViewStore
+
+        self.views = ViewStore()  # segmented studies the viewer page is looking at
 
 
 STATE: State | None = None
@@ -151,7 +163,8 @@ async def _handle(request: Request, lane: str, spec: FormSpec, work: Callable) -
     headers = {"Server-Timing": timer.header(), **(extra[0] if extra else {})}
     if media == "application/json":
         return JSONResponse(body, headers=headers)
-    headers["Content-Disposition"] = 'attachment; filename="seg.dcm"'
+    if media == "application/dicom":
+        headers["Content-Disposition"] = 'attachment; filename="seg.dcm"'
     return Response(body, media_type=media, headers=headers)
 
 
@@ -195,7 +208,7 @@ def _files(form) -> list[tuple[str, object]]:
 
 
 def _decode(st: State, role: str, lane: str, form, budget: Budget, timer: StageTimer,
-            headers: bool = False):  # fmt: skip
+            headers: bool = False, unit: bool = False):  # fmt: skip
     """The model for ``role`` and the form's files decoded by the lane's decoders (images for
     radiographs, one volume for CT) → ``(model, allow_any_modality, decoded)``."""
     m = st.registry.get(role, _model_id(form))
@@ -205,7 +218,7 @@ def _decode(st: State, role: str, lane: str, form, budget: Budget, timer: StageT
     pool, files = st.decoders[lane], _files(form)
     with timer.stage("decode"):
         if lane == "cxr":  # prepared for the model in the decoding process (NumPy mode)
-            pre = m.manifest.preprocessing.to_dict() if _numpy_mode() else None
+            pre = m.manifest.preprocessing.to_dict() if _numpy_mode() and not unit else None
             decoded, prepare_ms = pool.radiographs(
                 files, pre, timeout=budget.left(), cancelled=budget.cancelled
             )
@@ -387,6 +400,11 @@ def _selection(volume) -> dict:
 
 def segment_work(st: State, form, budget: Budget, timer: StageTimer):
     m, volume, masks, labels, threshold, _, warnings = segment_series(st, form, budget, timer)
+    return segment_body(m, volume, masks, labels, threshold, warnings), "application/json"
+
+
+def segment_body(m: LoadedModel, volume, masks, labels, threshold, warnings) -> dict:
+    """The ``/v1/ct/segment`` answer of a :func:`segment_series` result."""
     series_uid = checked_uid(volume.series_uid, "SeriesInstanceUID")
     study_uid = checked_uid(volume.study_uid, "StudyInstanceUID")
     spacing = m.manifest.preprocessing.spacing or volume.spacing  # (d, h, w) mm
@@ -410,7 +428,42 @@ def segment_work(st: State, form, budget: Budget, timer: StageTimer):
         "selection": _selection(volume),
         "warnings": warnings,
     }
+    return body
+
+
+def ct_view_work(st: State, form, budget: Budget, timer: StageTimer):
+    """``/v1/ct/view``: the ``/v1/ct/segment`` answer, and the study kept for the viewer page
+    (``view``: the token of its slice PNGs and SEG, ``depth``: its slice count)."""
+    from .view import PALETTE, CtView
+
+    m, volume, masks, labels, threshold, heads, warnings = segment_series(
+        st, form, budget, timer, headers=True
+    )
+    body = segment_body(m, volume, masks, labels, threshold, warnings)
+    try:
+        seg = seg_result(m, volume, masks, labels, heads)
+    except RequestError:  # resampled or not referenceable: the page offers no download
+        seg = None
+    if masks.shape[1:] != volume.voxels.shape:
+        raise RequestError(422, "view_not_on_source_grid", "this model resamples the series; "
+                           "the viewer shows masks on the source slices only")  # fmt: skip
+    hu = np.clip(np.round(volume.voxels), -32768, 32767).astype(np.int16)
+    token = st.views.put(CtView(hu, masks.astype(bool), seg, time.monotonic()))
+    body |= {"view": token, "depth": int(hu.shape[0]), "seg": seg is not None,
+             "palette": [list(c) for c in PALETTE[: len(labels)]]}  # fmt: skip
     return body, "application/json"
+
+
+def preview_work(st: State, form, budget: Budget, timer: StageTimer):
+    """``/v1/preview``: one radiograph as a PNG, its intensities as the model sees them; the
+    ``X-Image-Size`` header is its original ``rows,columns`` (points are in those pixels)."""
+    from .view import radiograph_png
+
+    _, _, items = _decode(st, "cxr_classify", "cxr", form, budget, timer, unit=True)
+    if len(items) != 1:
+        raise RequestError(400, "need_one_image", "send exactly one radiograph")
+    _, img, _, hw = items[0]
+    return radiograph_png(img.pixels), "image/png", {"X-Image-Size": f"{hw[0]},{hw[1]}"}
 
 
 def segment_dcm_work(st: State, form, budget: Budget, timer: StageTimer):
@@ -553,6 +606,60 @@ async def models_endpoint(request: Request) -> Response:
     return JSONResponse({"models": [m.describe() for m in reg.models], "not_loaded": reg.problems})
 
 
+async def ct_view_endpoint(request: Request) -> Response:
+    """``GET /v1/ct/view/{view}/{slice}.png?window=lung|soft|bone&overlay=0|1`` and
+    ``GET /v1/ct/view/{view}/seg.dcm``: a slice of a study ``POST /v1/ct/view`` kept, or its
+    DICOM SEG."""
+    from .view import WINDOWS, ct_slice_png
+
+    st = STATE
+    if st is None:
+        return _error(RequestError(503, "starting", "the service is starting; retry shortly"))
+    if not st.keys.check(request.headers):
+        return _unauthorized()
+    try:
+        view = st.views.get(request.path_params["view"])
+        item = request.path_params["item"]
+        if item == "seg.dcm":
+            if view.seg is None:
+                raise RequestError(404, "no_seg", "this series has no DICOM SEG (see /v1/ct/"
+                                   "segment.dcm for why)")  # fmt: skip
+            return Response(
+                view.seg,
+                media_type="application/dicom",
+                headers={"Content-Disposition": 'attachment; filename="seg.dcm"'},
+            )
+        stem, _, ext = item.partition(".")
+        if ext != "png" or not stem.isdigit() or int(stem) >= view.hu.shape[0]:
+            raise RequestError(404, "no_such_slice", f"slices are 0.png to "
+                               f"{view.hu.shape[0] - 1}.png, and seg.dcm")  # fmt: skip
+        window = request.query_params.get("window", "soft")
+        if window not in WINDOWS:
+            raise RequestError(400, "bad_window", f"window is one of {', '.join(WINDOWS)}")
+        overlay = request.query_params.get("overlay", "1") not in ("0", "false", "no")
+        d = int(stem)
+        masks = view.masks[:, d] if overlay else None
+        png = await run_in_threadpool(ct_slice_png, view.hu[d], masks, window)
+    except RequestError as exc:
+        return _error(exc)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+async def ui_index(request: Request) -> Response:
+    """The viewer page (serve/ui/): static, no build step, nothing from the internet."""
+    from starlette.responses import FileResponse
+
+    return FileResponse(UI / "index.html", headers={"Cache-Control": "no-cache", **UI_HEADERS})
+
+
+async def swagger(request: Request) -> Response:
+    """BentoML's interactive API documentation (it reads /docs.json), now at /docs."""
+    import _bentoml_impl.server as bentoml_server
+    from starlette.responses import FileResponse
+
+    return FileResponse(Path(bentoml_server.__file__).parent / "main-openapi.html")
+
+
 async def jobs_endpoint(request: Request) -> Response:
     """``GET /v1/jobs`` (newest first; ``?limit=`` up to 1000, ``?state=``) and
     ``GET /v1/jobs/{id}``: the PACS pipeline's job records (study UIDs, never patient data)."""
@@ -639,6 +746,8 @@ def build_app() -> Starlette:
     """The routes; each endpoint's form spec names every accepted field (others are a 400)."""
     from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
+    from starlette.routing import Mount
+    from starlette.staticfiles import StaticFiles
 
     from .pacs.stow import stow_endpoint
 
@@ -652,6 +761,9 @@ def build_app() -> Starlette:
         Route(
             "/v1/ct/segment.dcm", _endpoint("ct", _series_spec, segment_dcm_work), methods=["POST"]
         ),  # fmt: skip
+        Route("/v1/ct/view", _endpoint("ct", _series_spec, ct_view_work), methods=["POST"]),
+        Route("/v1/ct/view/{view}/{item}", ct_view_endpoint, methods=["GET"]),
+        Route("/v1/preview", _endpoint("cxr", _files_spec, preview_work), methods=["POST"]),
         Route("/v1/models", models_endpoint, methods=["GET"]),
         Route("/v1/jobs", jobs_endpoint, methods=["GET"]),
         Route("/v1/jobs/{job_id}", jobs_endpoint, methods=["GET"]),
@@ -659,8 +771,10 @@ def build_app() -> Starlette:
         Route("/dicomweb/studies/{study}", stow_endpoint, methods=["POST"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/docs.json", openapi_endpoint, methods=["GET"]),
-        # the interactive documentation is BentoML's Swagger UI at / (it reads /docs.json)
-        Route("/docs", lambda request: RedirectResponse("/", status_code=307), methods=["GET"]),
+        # the viewer page at /; BentoML's Swagger UI (it reads /docs.json) at /docs
+        Route("/", ui_index, methods=["GET"]),
+        Mount("/ui", StaticFiles(directory=UI), name="ui"),
+        Route("/docs", swagger, methods=["GET"]),
         Route("/v1/{rest:path}", not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
     ]
     return Starlette(
@@ -673,6 +787,7 @@ def build_app() -> Starlette:
 #: the route templates metrics label by (anything else is "unmatched")
 ROUTES = [
     "/v1/cxr/classify", "/v1/embed", "/v1/cxr/correspond", "/v1/ct/segment",
-    "/v1/ct/segment.dcm", "/v1/models", "/v1/jobs", "/v1/jobs/{job_id}", "/dicomweb/studies",
+    "/v1/ct/segment.dcm", "/v1/ct/view", "/v1/ct/view/{view}/{item}", "/v1/preview", "/",
+    "/docs", "/v1/models", "/v1/jobs", "/v1/jobs/{job_id}", "/dicomweb/studies",
     "/dicomweb/studies/{study}", "/metrics", "/docs.json",
 ]  # fmt: skip

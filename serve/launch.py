@@ -110,9 +110,11 @@ def start(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     # MALLOC_ARENA_MAX=2 as `make serve` and the Bento set it (bentofile.yaml says why), unless
     # the caller's environment chooses otherwise.
+    # the PACS inbox/outbox of a test or benchmark server beside its log, not in ./pacs
     full_env = (
-        {"MALLOC_ARENA_MAX": "2"} | os.environ | {"ANATOMIX_MODELS": str(models)} | (env or {})
-    )
+        {"MALLOC_ARENA_MAX": "2", "ANATOMIX_PACS_DIR": str(log_path.parent / "pacs")}
+        | os.environ | {"ANATOMIX_MODELS": str(models)} | (env or {})
+    )  # fmt: skip
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1",
            "--port", str(port)]  # fmt: skip
     with open(log_path, "ab") as out:

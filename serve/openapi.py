@@ -70,6 +70,19 @@ ENDPOINTS = {
         FILES,
         SERIES,
     ),
+    "/v1/ct/view": (
+        "For the viewer page: the /v1/ct/segment answer plus `view`, a token for GET "
+        "/v1/ct/view/{view}/{slice}.png?window=lung|soft|bone&overlay=0|1 and "
+        "/v1/ct/view/{view}/seg.dcm (kept 15 minutes, 512 MB in all)",
+        FILES,
+        SERIES,
+    ),
+    "/v1/preview": (
+        "One radiograph → a PNG of it as the model sees its intensities (at most 1024 px); "
+        "X-Image-Size: its original rows,columns",
+        FILES,
+        {},
+    ),
 }
 
 
@@ -77,6 +90,8 @@ def spec(version: str = "0") -> dict:
     paths = {}
     for route, (summary, files, fields) in ENDPOINTS.items():
         media = "application/dicom" if route.endswith(".dcm") else "application/json"
+        if route == "/v1/preview":
+            media = "image/png"
         responses = {"200": {"description": OK, "content": {media: {}}}}
         responses |= {code: {"description": text,
                              "content": {"application/json": {"schema": ERROR}}}
@@ -120,13 +135,22 @@ def spec(version: str = "0") -> dict:
     }  # fmt: skip
     paths["/dicomweb/studies"] = {"post": stow}
     paths["/dicomweb/studies/{study}"] = {"post": stow}
+    paths["/v1/ct/view/{view}/{item}"] = {"get": {
+        "summary": "A slice PNG ({slice}.png, ?window=lung|soft|bone, ?overlay=0|1) or the "
+        "DICOM SEG (seg.dcm) of a study POST /v1/ct/view kept",
+        "responses": {"200": {"description": "image/png or application/dicom"},
+                      "404": {"description": "no such view (expired) or slice"}},
+        "security": [{"key": []}, {"bearer": []}]}}  # fmt: skip
+    paths["/"] = {"get": {"summary": "The viewer page (serve/ui/): radiograph findings, CT "
+                          "slices with the masks, correspondence, jobs, models",
+                          "responses": {"200": {"description": "HTML"}}}}  # fmt: skip
     paths["/metrics"] = {"get": {"summary": "Prometheus metrics (key required when "
                                  "ANATOMIX_METRICS_PUBLIC=0)",
                                  "responses": {"200": {"description": "text format"}}}}  # fmt: skip
     paths["/docs.json"] = {"get": {"summary": "This document (OpenAPI 3)",
                                    "responses": {"200": {"description": "JSON"}}}}  # fmt: skip
-    paths["/docs"] = {"get": {"summary": "Redirects to the interactive documentation at /",
-                              "responses": {"307": {"description": "to /"}}}}  # fmt: skip
+    paths["/docs"] = {"get": {"summary": "The interactive documentation (BentoML's Swagger UI)",
+                              "responses": {"200": {"description": "HTML"}}}}  # fmt: skip
     probes = {
         "/livez": "the process is up",
         "/healthz": "the process is up",

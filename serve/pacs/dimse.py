@@ -39,17 +39,12 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (
-    ComputedRadiographyImageStorage,
-    CTImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    EnhancedCTImageStorage,
-    SecondaryCaptureImageStorage,
     Verification,
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
 from .errors import CANNOT_UNDERSTAND, Refused
+from .intake import SOP_CLASSES as INTAKE_SOP_CLASSES
 
 log = logging.getLogger("anatomix.pacs")
 
@@ -57,14 +52,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: the storage SOP classes accepted. Secondary Capture too: a PACS pushing a whole study sends its
 #: screenshots along, and one refused context fails the push; the series selection drops them later.
-SOP_CLASSES: tuple[str, ...] = (
-    CTImageStorage,
-    EnhancedCTImageStorage,
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    SecondaryCaptureImageStorage,
-)
+SOP_CLASSES: tuple[str, ...] = tuple(INTAKE_SOP_CLASSES)  # the STOW-RS receiver's too
 #: the transfer syntaxes accepted: the uncompressed ones and every compressed one the imaging
 #: layer decodes (pylibjpeg-openjpeg, pylibjpeg-rle, imagecodecs, pyjpegls)
 TRANSFER_SYNTAXES: tuple[str, ...] = (

@@ -59,6 +59,7 @@ class Gateway:
         self.state, self.cfg = state, cfg
         root = Path(cfg.root)
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lockfile = _lock(root)  # one server per directory: two would share the outbox
         self.inbox = Inbox(root / "inbox", quiet_s=cfg.quiet_s, max_bytes=cfg.max_mb << 20)
         self.jobs = Jobs(root / "jobs")
         self.outbox = Outbox(root / "outbox", cfg.destinations, backoff_s=cfg.backoff_s,
@@ -205,3 +206,17 @@ class Gateway:
     def _count(self, what: str, receiver: str | None = None) -> None:
         if self.counters is not None:
             self.counters.count(what, receiver)
+
+
+def _lock(root: Path):
+    """Hold an exclusive lock on ``root`` for this process's life (released when it dies)."""
+    import fcntl
+
+    fd = open(root / ".lock", "a")  # noqa: SIM115 - held open on purpose
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fd.close()
+        raise RuntimeError(f"{root} is in use by another anatomix server (ANATOMIX_PACS_DIR): "
+                           "give each server its own") from None  # fmt: skip
+    return fd

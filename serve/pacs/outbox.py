@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from imaging.atomic import _fsync_dir
+
 from .destinations import DeliveryError, Destination, send
 
 log = logging.getLogger("anatomix.pacs")
@@ -55,14 +57,6 @@ class _Item:
         data = asdict(self)
         del data["id"], data["state"]
         return data
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_durably(path: Path, data: bytes) -> None:

@@ -107,7 +107,9 @@ def _classify(st, m, paths, budget, timer, out: Outcome, *, uid_root, cxr_rules)
     from .sr import sr_bytes
 
     form = _form(paths, m.id)
-    rules = Rules.from_dict(cxr_rules) if cxr_rules else Rules.default("radiograph")
+    # the rule set of the model's input kind (its family's preprocessing preset)
+    kind = m.manifest.preprocessing.kind
+    rules = Rules.from_dict(cxr_rules) if cxr_rules else Rules.default(kind)
     m, items, ids, probs = app._radiographs(st, "cxr_classify", form, budget, timer)
     selection = select_series(summarise(img for _, img, _, _ in items), rules)
     out.rejected[m.id] = dict(selection.reasons)

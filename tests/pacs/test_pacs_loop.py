@@ -9,6 +9,7 @@ down; an AE title off the allow-list is refused at association.
 from __future__ import annotations
 
 import io
+import socket
 import subprocess
 
 import httpx
@@ -143,6 +144,8 @@ def loop(orthanc, exports, tmp_path_factory):  # orthanc first: no exports built
     orthanc.set_modality("anatomix", AET, "127.0.0.1", dicom_port)
     yield srv, dicom_port, log
     srv.stop()
+    with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+        s.connect(("127.0.0.1", dicom_port))  # stopped with the service: nothing listens
 
 
 def test_orthanc_stow_push_of_a_study_gives_a_seg_on_the_axial_series(loop, orthanc):
@@ -166,6 +169,12 @@ def test_orthanc_stow_push_of_a_study_gives_a_seg_on_the_axial_series(loop, orth
     }
     assert job["instances"] == 26
     assert set(job["timings_ms"]) >= {"receive", "assemble", "infer", "write", "deliver"}
+    assert httpx.get(f"{srv.url}/v1/jobs/{job['id']}", headers=HEADERS).json() == job
+    metrics = httpx.get(f"{srv.url}/metrics").text
+    for line in ('anatomix_pacs_instances_total{outcome="received",receiver="stow"}',
+                 'anatomix_pacs_studies_total{outcome="processed"}',
+                 'anatomix_pacs_deliveries_total{outcome="delivered"}'):  # fmt: skip
+        assert float(metrics.split(line, 1)[1].split()[0]) >= 1, line
     _no_identifiers(str(_jobs(srv.url)), srv.log())
 
 

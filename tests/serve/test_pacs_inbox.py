@@ -181,3 +181,13 @@ def test_jobs_persist_and_a_study_has_one_open_job(tmp_path):
         again.update(b["id"], state="lost")
     record = json.loads((tmp_path / f"{a['id']}.json").read_text())
     assert record["study_uid"] == "1.2.3"
+
+
+def test_a_pacs_directory_serves_one_server_at_a_time(tmp_path):
+    from serve.pacs.gateway import _lock
+
+    held = _lock(tmp_path)
+    with pytest.raises(RuntimeError, match="in use by another anatomix server"):
+        _lock(tmp_path)
+    held.close()  # the holder is gone (a killed server's lock goes with its process)
+    _lock(tmp_path).close()
