@@ -72,6 +72,7 @@ class Gateway:
                                 allow=list(cfg.allow), max_associations=cfg.max_associations,
                                 store=self._dimse_store)  # fmt: skip
         self._open: dict[str, str] = {}  # study UID → the job collecting its instances
+        self._busy: set[str] = set()  # the job being processed
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -114,7 +115,8 @@ class Gateway:
         if new:
             with self._lock:
                 if inst.study_uid not in self._open:
-                    self._open[inst.study_uid] = self.jobs.open(inst.study_uid)["id"]
+                    job = self.jobs.open(inst.study_uid, busy=frozenset(self._busy))
+                    self._open[inst.study_uid] = job["id"]
         return inst
 
     def peek_uids(self, source: bytes | Path) -> tuple[str, str]:
@@ -142,10 +144,19 @@ class Gateway:
                     log.info("removed %d processed stud(ies) past retention", removed)
 
     def _process(self, study: str) -> None:
-        from .route import run_study
-
         with self._lock:
             job_id = self._open.pop(study, None) or self.jobs.open(study)["id"]
+            self._busy.add(job_id)
+        try:
+            self._run(study, job_id)
+        finally:
+            with self._lock:
+                self._busy.discard(job_id)
+
+    def _run(self, study: str, job_id: str) -> None:
+        """One processing round of a complete study, recorded in job ``job_id``."""
+        from .route import run_study
+
         arrivals = self.inbox.arrivals(study)
         started = self.inbox.clock()
         first, last = arrivals or (started, started)

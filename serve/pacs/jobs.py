@@ -37,11 +37,13 @@ class Jobs:
             except (ValueError, KeyError, OSError):
                 path.unlink(missing_ok=True)  # a record torn by a crash of an older version
 
-    def open(self, study_uid: str) -> dict:
-        """The study's unfinished job (one left by a restart included), or a new one."""
+    def open(self, study_uid: str, busy: frozenset = frozenset()) -> dict:
+        """The study's unfinished job (one left by a restart included) unless it is in ``busy``
+        (being processed: instances arriving meanwhile start the next job), or a new one."""
         with self._lock:
             for job in self._jobs.values():
-                if job["study_uid"] == study_uid and job["state"] not in FINAL:
+                if (job["study_uid"] == study_uid and job["state"] not in FINAL
+                        and job["id"] not in busy):  # fmt: skip
                     return dict(job)
             now = time.time()
             job = {

@@ -191,3 +191,12 @@ def test_a_pacs_directory_serves_one_server_at_a_time(tmp_path):
         _lock(tmp_path)
     held.close()  # the holder is gone (a killed server's lock goes with its process)
     _lock(tmp_path).close()
+
+
+def test_instances_arriving_while_a_job_runs_start_the_next_job(tmp_path):
+    jobs = Jobs(tmp_path)
+    running = jobs.open("1.2.3")
+    jobs.update(running["id"], state="inferring")
+    assert jobs.open("1.2.3")["id"] == running["id"]  # a restart resumes it
+    following = jobs.open("1.2.3", busy=frozenset({running["id"]}))
+    assert following["id"] != running["id"] and following["state"] == "received"
