@@ -29,12 +29,16 @@ step environment
 
 step "GPU tests (pytest -m gpu)"
 timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu -rs \
-    tests/kernels/test_kernels_cuda.py tests/train/test_views2d.py tests/train/test_engine.py \
+    tests/kernels/test_kernels_cuda.py tests/kernels/test_genesis_draw.py \
+    tests/train/test_views2d.py tests/train/test_engine.py \
     2>&1 | tee "$OUT/pytest.txt"
 
 step "kernel throughput (python -m kernels.bench)"
-timeout 120 python3 -m kernels.bench --repeat 5 2>&1 | tee "$OUT/kernels_bench.txt"
+timeout 240 python3 -m kernels.bench --repeat 5 2>&1 | tee "$OUT/kernels_bench.txt"
 
 step "training steps (python -m bench.train_gpu)"
 timeout 200 python3 -m bench.train_gpu --steps 20 2>&1 | tee "$OUT/train_gpu.txt"
+# issue #22: the Genesis step with its parameters drawn on the GPU, and the data path's share
+timeout 120 python3 -m bench.train_gpu --steps 20 --methods genesis --draw-on batch 2>&1 \
+    | tee "$OUT/train_gpu_draw_on_batch.txt"
 step done

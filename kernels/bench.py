@@ -2,13 +2,14 @@
 
     python -m kernels.bench [--batch 32] [--repeat 3]
 
-Prints cubes/s for (a) the per-cube NumPy loop with the published pipeline's structure
-(``bench/genesis_numpy_loop.py``), (b) the PyTorch reference batched on CPU, (b2) the Numba CPU
-kernel (``kernels/genesis_cpu.py``; where Numba imports), and where CUDA exists (c) the reference
-on the GPU and (d) the Triton kernel, with ratios to (a) measured in the same run (these rows
-include drawing the parameters: ``transform_batch``); then (s) the drawing alone (CPU), and
-(c2)/(d2) the two GPU paths applying parameters already on the GPU, with (d2)'s achieved GB/s for
-the bytes the op must move against a measured device-to-device copy. Not part of the test suite.
+Prints cubes/s for (a) the released per-cube loop restated (``bench/genesis_numpy_loop.py``:
+float32 cubes, the release's RNG calls; tests/reference/test_genesis_release_loop.py), (b) the
+PyTorch reference batched on CPU, (b2) the Numba CPU kernel (``kernels/genesis_cpu.py``; where
+Numba imports), and where CUDA exists (c) the reference on the GPU, (d) the Triton kernel and (d3)
+the Triton kernel with the parameters drawn on the GPU, with ratios to (a) measured in the same
+run (these rows include drawing the parameters: ``transform_batch``); then (b3)/(c2)/(d2) each
+kernel applying parameters already on its device, with the achieved GB/s for the bytes the op
+must move against a measured copy, and (s) the drawing alone (CPU). Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def main() -> None:
     parser.add_argument(
         "--baseline-cubes",
         type=int,
-        default=8,
+        default=32,
         help="cubes timed for the slow NumPy loop (its rate is per cube)",
     )
     args = parser.parse_args()

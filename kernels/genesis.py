@@ -22,14 +22,16 @@ Flip axis: the official code draws the axis from {0, 1, 2} of a (1, H, W, D) arr
 (the channel) is a no-op and D is never flipped. ``flip_mode="faithful"`` reproduces that;
 ``flip_mode="corrected"`` (the default) draws from {H, W, D}.
 
-Dispatch: :func:`transform_batch` draws :class:`GenesisParams` from a seeded CPU generator and
-applies them with :func:`apply_genesis`, which picks one of three implementations of the same
-semantics: the Triton kernels of ``kernels/genesis_triton.py`` for CUDA tensors (float32, bfloat16,
-float16) when Triton imports; the compiled Numba kernel of ``kernels/genesis_cpu.py`` for CPU
-tensors of those dtypes when Numba imports (it derives each shuffle block's box from its drawn
-words and its permutation from a counter-based hash where it applies the block, so neither
-``params.shuffle_boxes`` nor the (N, K, V) ``params.shuffle_perm`` is built; they are materialised
-only when the reference or Triton reads them); :func:`apply_genesis_reference` otherwise.
+Dispatch: :func:`transform_batch` draws :class:`GenesisParams` from a seeded CPU generator (or,
+with ``draw_on="batch"``, from a generator on the batch's device seeded by it) and applies them
+with :func:`apply_genesis`, which picks one of three implementations of the same semantics: the
+Triton kernels of ``kernels/genesis_triton.py`` for CUDA tensors (float32, bfloat16, float16) when
+Triton imports; the compiled Numba kernel of ``kernels/genesis_cpu.py`` for CPU tensors of those
+dtypes when Numba imports; :func:`apply_genesis_reference` otherwise. Both kernels derive each
+shuffle block's box from its drawn words and its permutation from the counter-based hash of
+(cube seed, block, slot) where they apply the block, so neither ``params.shuffle_boxes`` nor the
+(N, K, V) ``params.shuffle_perm`` is built on their paths; the reference alone materialises them
+(on its device, on first use).
 ``ANATOMIX_KERNELS=triton`` forces the Triton kernels (a CPU tensor then needs
 ``TRITON_INTERPRET=1``), ``ANATOMIX_KERNELS=numba`` the Numba kernel (CPU tensors only),
 ``ANATOMIX_KERNELS=torch`` (alias ``reference``) the reference.
@@ -55,6 +57,7 @@ __all__ = [
     "apply_genesis",
     "apply_genesis_reference",
     "bezier_lookup",
+    "device_generator",
     "interp",
     "sample_genesis_params",
     "transform_batch",
@@ -301,17 +304,33 @@ def transform_batch(
             paper). Every spatial dim must be >= 14 with the default rates.
         config: Rates and sizes; None for the published defaults (with corrected flips).
         generator: CPU ``torch.Generator``, the only source of randomness: the same state gives
-            the same batch.
+            the same batch. With ``config.draw_on == "batch"`` it gives one word only, the seed
+            of a generator on the cubes' device that draws the parameters there
+            (:func:`device_generator`); otherwise every parameter is drawn from it, on the CPU.
 
     Returns:
         (x, y): transformed input and target, each (N, 1, H, W, D), values in [0, 1].
 
-    The shuffle boxes and in-block permutations are not materialised here: the Numba CPU kernel
-    derives them per block; the other paths build them on first use, on their device.
+    The shuffle boxes and in-block permutations are not materialised here: the Numba and Triton
+    kernels derive them per block; the reference builds them on first use, on its device.
     """
     config = config or GenesisTransformConfig()
     if generator.device.type != "cpu":
         raise ValueError(f"generator must be a CPU torch.Generator, got {generator.device}")
     check_cube_shape(cubes.shape, config)
+    if config.draw_on == "batch":
+        generator = device_generator(generator, cubes.device)
     params = sample_genesis_params(cubes.shape, config, generator)
     return apply_genesis(cubes, params, config)
+
+
+def device_generator(generator: torch.Generator, device: torch.device | str) -> torch.Generator:
+    """A generator on ``device`` seeded with one 63-bit word drawn from the CPU ``generator``.
+
+    What ``draw_on="batch"`` draws from: the parameters come out where the batch is (no transfer,
+    no CPU time for the 10,000 blocks' words and the noise field), and they stay reproducible
+    from the caller's generator, i.e. from (seed, epoch, step, rank) in training. A CPU
+    ``device`` gives a CPU generator, so the path also runs (and is tested) without a GPU.
+    """
+    seed = int(torch.randint(0, 2**63 - 1, (), generator=generator))
+    return torch.Generator(device=torch.device(device)).manual_seed(seed)

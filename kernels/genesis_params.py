@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 FLIP_MODES = ("faithful", "corrected")
+DRAW_ON = ("cpu", "batch")
 _MAX_FLIPS = 3  # the official loop flips at most three times
 _PAINT_SLOTS = 5  # in-painting: up to 5 boxes; out-painting: 1 + up to 4
 _BORDER = 3  # painting boxes keep at least this many voxels to every face
@@ -56,13 +57,25 @@ class GenesisTransformConfig:
             {H, W, D}, which is what the code evidently meant.
         shuffle_blocks: Number of shuffled blocks per cube (official 10,000).
         bezier_points: Samples of the Bezier curve used as a piecewise-linear lookup table.
-            The release uses 100,000; the default 1,000 is 3-5x faster on a CPU and its mapping
-            differs from the 100,000-sample one by at most 2.4e-5 (measured over 2,000 random
-            curves), far below one HU (1/2000 after the [-1000, 1000] HU -> [0, 1] scaling). Set
+            The release uses 100,000; the default 1,000 is 3-5x faster on a CPU. Its mapping
+            differs from the 100,000-sample one, over every input in [0, 1] (both tables'
+            breakpoints evaluated), by at most 5.4e-4 over 3 x 2,000 random curves (median 5e-7,
+            99 % of curves under 4e-5) and by up to 1.2e-3 for extreme control points such as
+            (0, 1, 0, 1): near a vertical tangent the coarse table's chord is off by up to ~0.4
+            of its step in y there (3/999 at most). That is at most ~1 HU for random curves and
+            2.3 HU at worst (one HU is 1/2000 after the [-1000, 1000] HU -> [0, 1] scaling), at
+            few voxels. ``tests/kernels/test_genesis_bezier.py`` checks these figures. Set
             100_000 to use the release's table.
         paint_box_rate: Probability of each further painting box (official 0.95). In-painting
             draws it for its first box too (the official loop tests ``rand < 0.95`` before every
             box, so 5 % of in-painted cubes get no box); out-painting always has its first box.
+        draw_on: Where :func:`kernels.genesis.transform_batch` draws the parameters. ``"cpu"``
+            (default): from the caller's CPU generator, the parameters every release so far drew.
+            ``"batch"``: on the batch's device, from a generator there seeded with one 63-bit word
+            of the caller's generator, so still reproducible from (seed, epoch, step, rank). A CUDA
+            generator (Philox) cannot reproduce the CPU stream (Mersenne Twister), so ``"batch"``
+            gives other parameters than ``"cpu"`` for the same seed, with the same distributions:
+            the draws pass the same uniforms through the same code.
     """
 
     flip_rate: float = 0.4
@@ -74,10 +87,13 @@ class GenesisTransformConfig:
     shuffle_blocks: int = 10_000
     bezier_points: int = 1_000
     paint_box_rate: float = 0.95
+    draw_on: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.flip_mode not in FLIP_MODES:
             raise ValueError(f"flip_mode must be one of {FLIP_MODES}, got {self.flip_mode!r}")
+        if self.draw_on not in DRAW_ON:
+            raise ValueError(f"draw_on must be one of {DRAW_ON}, got {self.draw_on!r}")
         for name in ("flip_rate", "local_rate", "nonlinear_rate", "paint_rate", "inpaint_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -114,9 +130,9 @@ class GenesisParams:
 
     The two properties are computed on first access, on the device of the draws and seeds, and
     cached (do not modify ``shuffle_draws`` or ``shuffle_seed`` in place afterwards). The Numba CPU
-    kernel needs neither: it derives each block's box and permutation where it applies it, which
-    spares sampling a batch most of its cost (the boxes' arithmetic over N * K * 6 values, and
-    the (N, K, V) hash-and-sort of the permutations).
+    and Triton kernels need neither: they derive each block's box and permutation where they apply
+    it, which spares sampling a batch most of its cost (the boxes' arithmetic over N * K * 6
+    values, and the (N, K, V) hash-and-sort of the permutations).
         do_nonlinear: (N,) bool. The Bezier intensity mapping fires.
         control: (N, 4) float64. (r1, r2, r3, r4): control points (0,0), (r1,r2), (r3,r4), (1,1).
         inverted: (N,) bool. The mapping decreases (1 -> 0) instead of increasing.
@@ -194,7 +210,9 @@ def _randint(
     """
     span = torch.as_tensor(high) + (1 - torch.as_tensor(low))
     span = span.clamp_(min=1)  # empty ranges give `low`
-    word = torch.randint(0, 2**32, shape, generator=generator, dtype=torch.int64)
+    word = torch.randint(
+        0, 2**32, shape, generator=generator, dtype=torch.int64, device=generator.device
+    )
     return word.mul_(span).bitwise_right_shift_(32).add_(low)
 
 
@@ -235,25 +253,31 @@ def sample_genesis_params(
     Args:
         shape: Batch shape (N, 1, H, W, D).
         config: Probabilities and sizes.
-        generator: A CPU ``torch.Generator``; the only source of randomness.
+        generator: A ``torch.Generator``; the only source of randomness. Every draw happens on
+            its device: a CPU generator gives today's (and every earlier release's) parameters;
+            a CUDA one draws there with the same code, so the same distributions from another
+            stream (CUDA's Philox cannot reproduce the CPU's Mersenne Twister).
 
     Returns:
-        The parameters, on the CPU (see :class:`GenesisParams` for shapes and meaning).
+        The parameters, on the generator's device (see :class:`GenesisParams` for shapes and
+        meaning).
     """
     check_cube_shape(shape, config)
     n = int(shape[0])
-    dims = torch.tensor([int(s) for s in shape[2:]], dtype=torch.int64)  # (H, W, D)
     g = generator
+    dims = torch.tensor([int(s) for s in shape[2:]], dtype=torch.int64, device=g.device)  # H W D
 
     # 1. flips: the official loop tests rand < flip_rate before each of up to three flips.
-    flip_on = _prefix_while(torch.rand((n, _MAX_FLIPS), generator=g), config.flip_rate)
+    flip_on = _prefix_while(
+        torch.rand((n, _MAX_FLIPS), generator=g, device=g.device), config.flip_rate
+    )
     first_axis = 0 if config.flip_mode == "faithful" else 1
-    axis = torch.randint(first_axis, first_axis + 3, (n, _MAX_FLIPS), generator=g)
+    axis = torch.randint(first_axis, first_axis + 3, (n, _MAX_FLIPS), generator=g, device=g.device)
     flips = torch.where(flip_on, axis, torch.full_like(axis, -1))
 
     # 2. local pixel shuffling: sizes 1..dim//10, starts 0..dim-size (block fully inside).
     k = config.shuffle_blocks
-    do_shuffle = torch.rand(n, generator=g) < config.local_rate
+    do_shuffle = torch.rand(n, generator=g, device=g.device) < config.local_rate
     shuffle_draws, shuffle_seed = sample_shuffle_draws(g, n, k, len(dims))
 
     # 3. non-linear intensity: control points r1..r4 ~ U(0, 1); inverted with p 0.5.
@@ -261,7 +285,7 @@ def sample_genesis_params(
 
     # 4. painting: box sides drawn per kind, then starts keeping 3 voxels to every face.
     do_paint, inpaint, paint_boxes, paint_box_valid = sample_painting(g, dims, n, config)
-    noise = torch.rand(tuple(int(s) for s in shape), generator=g)
+    noise = torch.rand(tuple(int(s) for s in shape), generator=g, device=g.device)
 
     return GenesisParams(
         flips=flips,
@@ -288,8 +312,9 @@ def sample_shuffle_draws(
     blocks, ``[..., S:]`` size them; :func:`shuffle_boxes_from_draws`) and one permutation seed
     per sample, (n,) int64 in [0, 2**31) (:func:`block_permutations`).
     """
-    draws = torch.randint(0, 2**32, (n, k, 2 * s), generator=g, dtype=torch.int64)
-    seed = torch.randint(0, 2**31, (n,), generator=g, dtype=torch.int64)
+    words = dict(generator=g, dtype=torch.int64, device=g.device)
+    draws = torch.randint(0, 2**32, (n, k, 2 * s), **words)
+    seed = torch.randint(0, 2**31, (n,), **words)
     return draws, seed
 
 
@@ -425,9 +450,9 @@ def block_permutations(
 
 def sample_nonlinear(g: torch.Generator, n: int, rate: float):
     """Bézier map draws: whether it fires, control points r1..r4 ~ U(0, 1), inverted (p 0.5)."""
-    do_nonlinear = torch.rand(n, generator=g) < rate
-    control = torch.rand((n, 4), dtype=torch.float64, generator=g)
-    inverted = torch.rand(n, generator=g) < 0.5
+    do_nonlinear = torch.rand(n, generator=g, device=g.device) < rate
+    control = torch.rand((n, 4), dtype=torch.float64, generator=g, device=g.device)
+    inverted = torch.rand(n, generator=g, device=g.device) < 0.5
     return do_nonlinear, control, inverted
 
 
@@ -439,10 +464,12 @@ def sample_painting(g: torch.Generator, dims: torch.Tensor, n: int, config):
     ``_BORDER`` voxels from every face. ``config`` needs paint_rate, inpaint_rate, paint_box_rate.
     """
     s = len(dims)
-    do_paint = torch.rand(n, generator=g) < config.paint_rate
-    inpaint = torch.rand(n, generator=g) < config.inpaint_rate
-    more = _prefix_while(torch.rand((n, _PAINT_SLOTS), generator=g), config.paint_box_rate)
-    out_valid = torch.cat([torch.ones((n, 1), dtype=torch.bool), more[:, :-1]], dim=1)
+    dims = dims.to(g.device)
+    do_paint = torch.rand(n, generator=g, device=g.device) < config.paint_rate
+    inpaint = torch.rand(n, generator=g, device=g.device) < config.inpaint_rate
+    u = torch.rand((n, _PAINT_SLOTS), generator=g, device=g.device)
+    more = _prefix_while(u, config.paint_box_rate)
+    out_valid = torch.cat([torch.ones_like(more[:, :1]), more[:, :-1]], dim=1)
     valid = torch.where(inpaint[:, None], more, out_valid)
     in_sizes = _randint(g, dims // 6, dims // 3, (n, _PAINT_SLOTS, s))
     out_sizes = dims - _randint(g, 3 * dims // 7, 4 * dims // 7, (n, _PAINT_SLOTS, s))

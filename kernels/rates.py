@@ -3,12 +3,12 @@ Genesis transform rates against the per-cube NumPy loop, and PEAC grid matching 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ._dispatch import numba_available
@@ -58,11 +58,13 @@ def _forced(path: str, fn):
 
 
 def _apply_only(dev: torch.Tensor, cfg: GenesisTransformConfig, calls: int):
-    """Applying parameters drawn beforehand and already on the GPU: each call gets a fresh set, so
-    the permutation table is still built on the device in every timed call, as in training."""
+    """Applying parameters drawn beforehand and already on the cubes' device: each call gets a
+    fresh set, as in training (the kernels derive the shuffle permutations from the drawn words;
+    the reference builds its table in every timed call)."""
     gen = torch.Generator().manual_seed(1)
     drawn = [sample_genesis_params(dev.shape, cfg, gen).to(dev.device) for _ in range(calls)]
-    torch.cuda.synchronize()
+    if dev.is_cuda:
+        torch.cuda.synchronize()
 
     def run():
         return apply_genesis(dev, drawn.pop(), cfg)
@@ -73,29 +75,38 @@ def _apply_only(dev: torch.Tensor, cfg: GenesisTransformConfig, calls: int):
 def transform_rates(
     batch: int, shape: tuple[int, int, int], repeat: int, baseline_cubes: int
 ) -> tuple[list[tuple[str, float]], list[str]]:
-    """Genesis transforms in cubes/s on every path this machine has, NumPy loop first (the
-    baseline), as ``(rows of (path, rate), notes)``."""
+    """Genesis transforms in cubes/s on every path this machine has, the released per-cube loop
+    first (the baseline, ``bench/genesis_numpy_loop.py``), as ``(rows of (path, rate), notes)``."""
     cfg = GenesisTransformConfig()
     cubes = torch.rand((batch, 1, *shape))
     rows = []
 
     loop = _baseline()
-    small = cubes[:baseline_cubes].numpy().astype(np.float64)
+    small = cubes[:baseline_cubes].numpy().copy()  # float32, as the released loader gives them
     t = _best(lambda: loop(small, seed=0), 1)
-    rows.append(("(a) NumPy per-cube loop, CPU", baseline_cubes / t))
+    rows.append(("(a) released per-cube loop (NumPy), CPU", baseline_cubes / t))
     gen = torch.Generator().manual_seed(0)
     t = _best(_forced("torch", lambda: transform_batch(cubes, cfg, gen)), repeat)
     rows.append(("(b) PyTorch reference, CPU, batched", batch / t))
+    gbs = []
+    moved = 4 * cubes.numel() * cubes.element_size()  # cube + noise in, x + y out
     if numba_available():
         t = _best(_forced("numba", lambda: transform_batch(cubes, cfg, gen)), repeat)
         rows.append(("(b2) Numba CPU kernel (compiled, parallel over cubes)", batch / t))
+        t = _best(_forced("numba", _apply_only(cubes, cfg, repeat + 1)), repeat)
+        rows.append(("(b3) Numba CPU kernel, apply only", batch / t))
+        big = torch.empty(64 << 20)  # 256 MB: past the caches, so the copy is memory speed
+        copy_t = _best(lambda: big.clone(), repeat)
+        copy_gbs = 2 * big.numel() * big.element_size() / copy_t / 1e9
+        del big
+        gbs.append(f"(b3) {moved / t / 1e9:.2f} GB/s for the bytes the op must move; memory copy "
+                   f"{copy_gbs:.1f} GB/s ({moved / t / 1e9 / copy_gbs:.0%})")  # fmt: skip
     else:
         rows.append(("(b2) Numba CPU kernel: numba is not installed", float("nan")))
+    t = _best(lambda: sample_genesis_params(cubes.shape, cfg, gen), repeat)
+    rows.append(("(s) drawing the parameters alone, CPU", batch / t))
 
-    gbs = []
     if torch.cuda.is_available():
-        t = _best(lambda: sample_genesis_params(cubes.shape, cfg, gen), repeat)
-        rows.append(("(s) drawing the parameters alone, CPU", batch / t))
         dev = cubes.cuda()
         sync = torch.cuda.synchronize
         t = _best(_forced("torch", lambda: transform_batch(dev, cfg, gen)), repeat, sync)
@@ -103,20 +114,22 @@ def transform_rates(
         try:
             t = _best(_forced("triton", lambda: transform_batch(dev, cfg, gen)), repeat, sync)
             rows.append(("(d) Triton kernel, GPU", batch / t))
+            on_gpu = dataclasses.replace(cfg, draw_on="batch")
+            t = _best(_forced("triton", lambda: transform_batch(dev, on_gpu, gen)), repeat, sync)
+            rows.append(("(d3) Triton kernel, drawing on the GPU (draw_on=batch)", batch / t))
             for label, path in (
                 ("(c2) PyTorch reference", "torch"),
                 ("(d2) Triton kernel", "triton"),
             ):
                 t = _best(_forced(path, _apply_only(dev, cfg, repeat + 1)), repeat, sync)
                 rows.append((f"{label}, GPU, apply only", batch / t))
-            moved = 4 * dev.numel() * dev.element_size()  # cube + noise in, x + y out
             copy_t = _best(lambda: dev.clone(), repeat, sync)
             copy_gbs = 2 * dev.numel() * dev.element_size() / copy_t / 1e9
-            gbs = [
+            gbs.append(
                 f"(d2) {moved / t / 1e9:.1f} GB/s for the bytes the op must move (cubes and noise "
-                f"in, x and y out; the permutation table excluded); device copy {copy_gbs:.1f} "
-                f"GB/s ({moved / t / 1e9 / copy_gbs:.0%})"
-            ]
+                f"in, x and y out); device copy {copy_gbs:.1f} GB/s "
+                f"({moved / t / 1e9 / copy_gbs:.0%})"
+            )
         except RuntimeError as exc:
             rows.append((f"(d) Triton kernel unavailable: {exc}", float("nan")))
     else:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import genesis, genesis_triton
+from kernels import genesis, genesis_params, genesis_triton
 from kernels.genesis import (
     GenesisTransformConfig,
     apply_genesis,
@@ -102,6 +102,58 @@ def test_shuffle_skips_cubes_without_shuffling_and_painting_uses_noise():
     x, _ = _genesis_triton(cubes, params, config)
     painted = x != cubes
     assert painted.any() and torch.equal(x[painted], params.noise[painted])
+
+
+# The published 10,000 blocks per cube, on odd shapes: batch 1 with the largest blocks (6x6x3 =
+# 108 slots ranked per block) and batch 5 with mid-sized ones; distinct voxel values, so a voxel
+# taken from a wrong slot of its block cannot go unnoticed.
+PUBLISHED = [(1, 1, 65, 63, 33), (5, 1, 31, 29, 27)]
+
+
+@pytest.mark.parametrize("shape", PUBLISHED, ids=lambda s: "x".join(map(str, s)))
+def test_published_block_count_shuffles_exactly_as_reference(shape):
+    config = GenesisTransformConfig(**{**OFF, "flip_rate": 1.0, "local_rate": 1.0})
+    assert config.shuffle_blocks == 10_000
+    cubes = distinct_cubes(shape)
+    params = sample_genesis_params(shape, config, gen(sum(shape)))
+    x, y = _genesis_triton(cubes, params, config)
+    x_ref, y_ref = apply_genesis_reference(cubes, params, config)
+    assert torch.equal(y, y_ref) and torch.equal(x, x_ref)
+    assert not torch.equal(x, y)
+
+
+@pytest.mark.parametrize(
+    ("shape", "lanes"),
+    [((1, 1, 61, 62, 30), 128), ((2, 1, 31, 29, 27), 32)],
+    ids=["one-block-per-program", "two-blocks-per-program"],
+)
+def test_small_block_groups_as_on_a_gpu(monkeypatch, shape, lanes):
+    """The interpreter normally ranks every block of a cube in one program; a GPU groups a few
+    (one 6x6x3 block per 128 lanes at the published shape). Same result either way."""
+    monkeypatch.setattr(genesis_triton, "_INTERPRETER_LANES", lanes)
+    check3d(triton_path, shape, "shuffle", seed=lanes, shuffle_blocks=120)
+
+
+def test_published_defaults_batch5():
+    check3d(triton_path, (5, 1, 29, 31, 23), "defaults", seed=11)
+
+
+def test_no_box_or_permutation_table_is_built(monkeypatch):
+    """The kernel derives every block's box and permutation itself: the launcher reads only the
+    drawn words and seeds, so neither (N, K, 6) boxes nor the (N, K, V) table is materialised."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the Triton path built a shuffle table")
+
+    config = GenesisTransformConfig(**{**OFF, "local_rate": 1.0, "shuffle_blocks": 200})
+    cubes = distinct_cubes((2, 1, 23, 22, 21))
+    params = sample_genesis_params(cubes.shape, config, gen(4))
+    monkeypatch.setattr(genesis_params, "block_permutations", forbidden)
+    monkeypatch.setattr(genesis_params, "shuffle_boxes_from_draws", forbidden)
+    x, _ = _genesis_triton(cubes, params, config)
+    assert params._perm is None and params._boxes is None
+    monkeypatch.undo()
+    assert torch.equal(x, apply_genesis_reference(cubes, params, config)[0])
 
 
 def test_launcher_errors():
