@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from starlette.applications import Starlette
@@ -38,14 +37,6 @@ from .registry import MODALITIES, LoadedModel
 from .timing import StageTimer
 
 log = logging.getLogger("anatomix.serve")
-UI = Path(__file__).resolve().parent / "ui"  # the viewer page's static files
-#: the page runs only its own files and talks only to this server (previews are blob: URLs)
-UI_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
-    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
 
 #: the ``allow_any_modality`` / ``model`` text fields every endpoint takes
 COMMON_FIELDS = {"allow_any_modality": 16, "model": 256}
@@ -431,41 +422,6 @@ def segment_body(m: LoadedModel, volume, masks, labels, threshold, warnings) -> 
     return body
 
 
-def ct_view_work(st: State, form, budget: Budget, timer: StageTimer):
-    """``/v1/ct/view``: the ``/v1/ct/segment`` answer, and the study kept for the viewer page
-    (``view``: the token of its slice PNGs and SEG, ``depth``: its slice count)."""
-    from .view import PALETTE, CtView
-
-    m, volume, masks, labels, threshold, heads, warnings = segment_series(
-        st, form, budget, timer, headers=True
-    )
-    body = segment_body(m, volume, masks, labels, threshold, warnings)
-    try:
-        seg = seg_result(m, volume, masks, labels, heads)
-    except RequestError:  # resampled or not referenceable: the page offers no download
-        seg = None
-    if masks.shape[1:] != volume.voxels.shape:
-        raise RequestError(422, "view_not_on_source_grid", "this model resamples the series; "
-                           "the viewer shows masks on the source slices only")  # fmt: skip
-    hu = np.clip(np.round(volume.voxels), -32768, 32767).astype(np.int16)
-    token = st.views.put(CtView(hu, masks.astype(bool), seg, time.monotonic()))
-    body |= {"view": token, "depth": int(hu.shape[0]), "seg": seg is not None,
-             "palette": [list(c) for c in PALETTE[: len(labels)]]}  # fmt: skip
-    return body, "application/json"
-
-
-def preview_work(st: State, form, budget: Budget, timer: StageTimer):
-    """``/v1/preview``: one radiograph as a PNG, its intensities as the model sees them; the
-    ``X-Image-Size`` header is its original ``rows,columns`` (points are in those pixels)."""
-    from .view import radiograph_png
-
-    _, _, items = _decode(st, "cxr_classify", "cxr", form, budget, timer, unit=True)
-    if len(items) != 1:
-        raise RequestError(400, "need_one_image", "send exactly one radiograph")
-    _, img, _, hw = items[0]
-    return radiograph_png(img.pixels), "image/png", {"X-Image-Size": f"{hw[0]},{hw[1]}"}
-
-
 def segment_dcm_work(st: State, form, budget: Budget, timer: StageTimer):
     m, volume, masks, labels, _, heads, warnings = segment_series(
         st, form, budget, timer, headers=True
@@ -606,89 +562,6 @@ async def models_endpoint(request: Request) -> Response:
     return JSONResponse({"models": [m.describe() for m in reg.models], "not_loaded": reg.problems})
 
 
-async def ct_view_endpoint(request: Request) -> Response:
-    """``GET /v1/ct/view/{view}/{slice}.png?window=lung|soft|bone&overlay=0|1`` and
-    ``GET /v1/ct/view/{view}/seg.dcm``: a slice of a study ``POST /v1/ct/view`` kept, or its
-    DICOM SEG."""
-    from .view import WINDOWS, ct_slice_png
-
-    st = STATE
-    if st is None:
-        return _error(RequestError(503, "starting", "the service is starting; retry shortly"))
-    if not st.keys.check(request.headers):
-        return _unauthorized()
-    try:
-        view = st.views.get(request.path_params["view"])
-        item = request.path_params["item"]
-        if item == "seg.dcm":
-            if view.seg is None:
-                raise RequestError(404, "no_seg", "this series has no DICOM SEG (see /v1/ct/"
-                                   "segment.dcm for why)")  # fmt: skip
-            return Response(
-                view.seg,
-                media_type="application/dicom",
-                headers={"Content-Disposition": 'attachment; filename="seg.dcm"'},
-            )
-        stem, _, ext = item.partition(".")
-        if ext != "png" or not stem.isdigit() or int(stem) >= view.hu.shape[0]:
-            raise RequestError(404, "no_such_slice", f"slices are 0.png to "
-                               f"{view.hu.shape[0] - 1}.png, and seg.dcm")  # fmt: skip
-        window = request.query_params.get("window", "soft")
-        if window not in WINDOWS:
-            raise RequestError(400, "bad_window", f"window is one of {', '.join(WINDOWS)}")
-        overlay = request.query_params.get("overlay", "1") not in ("0", "false", "no")
-        d = int(stem)
-        masks = view.masks[:, d] if overlay else None
-        png = await run_in_threadpool(ct_slice_png, view.hu[d], masks, window)
-    except RequestError as exc:
-        return _error(exc)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
-
-
-async def ui_index(request: Request) -> Response:
-    """The viewer page (serve/ui/): static, no build step, nothing from the internet."""
-    from starlette.responses import FileResponse
-
-    return FileResponse(UI / "index.html", headers={"Cache-Control": "no-cache", **UI_HEADERS})
-
-
-async def swagger(request: Request) -> Response:
-    """BentoML's interactive API documentation (it reads /docs.json), now at /docs."""
-    import _bentoml_impl.server as bentoml_server
-    from starlette.responses import FileResponse
-
-    return FileResponse(Path(bentoml_server.__file__).parent / "main-openapi.html")
-
-
-async def jobs_endpoint(request: Request) -> Response:
-    """``GET /v1/jobs`` (newest first; ``?limit=`` up to 1000, ``?state=``) and
-    ``GET /v1/jobs/{id}``: the PACS pipeline's job records (study UIDs, never patient data)."""
-    st = STATE
-    if st is None or st.gateway is None:
-        return _error(RequestError(503, "starting", "the service is starting; retry shortly"))
-    if not st.keys.check(request.headers):
-        return _unauthorized()
-    jobs = st.gateway.jobs
-    job_id = request.path_params.get("job_id")
-    if job_id is not None:
-        job = jobs.get(job_id) if len(job_id) <= 64 else None
-        if job is None:
-            return _error(RequestError(404, "unknown_job", "no job with this id"))
-        return JSONResponse(job)
-    try:
-        limit = int(request.query_params.get("limit", "100"))
-        if not 1 <= limit <= 1000:
-            raise ValueError
-    except ValueError:
-        return _error(RequestError(400, "bad_limit", "limit must be a whole number 1-1000"))
-    state = request.query_params.get("state") or None
-    from .pacs.jobs import STATES
-
-    if state is not None and state not in STATES:
-        return _error(RequestError(400, "bad_state", f"state must be one of {', '.join(STATES)}"))
-    return JSONResponse({"jobs": jobs.list(limit, state), **st.gateway.outbox.counts()})
-
-
 async def metrics_endpoint(request: Request) -> Response:
     st = STATE
     if st is None:
@@ -749,6 +622,8 @@ def build_app() -> Starlette:
     from starlette.routing import Mount
     from starlette.staticfiles import StaticFiles
 
+    from . import viewer
+    from .pacs.job_routes import jobs_endpoint
     from .pacs.stow import stow_endpoint
 
     routes = [
@@ -761,9 +636,9 @@ def build_app() -> Starlette:
         Route(
             "/v1/ct/segment.dcm", _endpoint("ct", _series_spec, segment_dcm_work), methods=["POST"]
         ),  # fmt: skip
-        Route("/v1/ct/view", _endpoint("ct", _series_spec, ct_view_work), methods=["POST"]),
-        Route("/v1/ct/view/{view}/{item}", ct_view_endpoint, methods=["GET"]),
-        Route("/v1/preview", _endpoint("cxr", _files_spec, preview_work), methods=["POST"]),
+        Route("/v1/ct/view", _endpoint("ct", _series_spec, viewer.ct_view_work), methods=["POST"]),
+        Route("/v1/ct/view/{view}/{item}", viewer.ct_view_endpoint, methods=["GET"]),
+        Route("/v1/preview", _endpoint("cxr", _files_spec, viewer.preview_work), methods=["POST"]),
         Route("/v1/models", models_endpoint, methods=["GET"]),
         Route("/v1/jobs", jobs_endpoint, methods=["GET"]),
         Route("/v1/jobs/{job_id}", jobs_endpoint, methods=["GET"]),
@@ -772,9 +647,9 @@ def build_app() -> Starlette:
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/docs.json", openapi_endpoint, methods=["GET"]),
         # the viewer page at /; BentoML's Swagger UI (it reads /docs.json) at /docs
-        Route("/", ui_index, methods=["GET"]),
-        Mount("/ui", StaticFiles(directory=UI), name="ui"),
-        Route("/docs", swagger, methods=["GET"]),
+        Route("/", viewer.ui_index, methods=["GET"]),
+        Mount("/ui", StaticFiles(directory=viewer.UI), name="ui"),
+        Route("/docs", viewer.swagger, methods=["GET"]),
         Route("/v1/{rest:path}", not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
     ]
     return Starlette(

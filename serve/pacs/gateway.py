@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import Cancelled
 from .errors import Refused
 from .inbox import Inbox
 from .intake import Instance, check_instance, peek_uids
@@ -168,6 +169,9 @@ class Gateway:
         try:
             out = run_study(self.state, files, uid_root=self.cfg.uid_root,
                             cxr_rules=self.cfg.cxr_rules, cancelled=self._stop)  # fmt: skip
+        except Cancelled:  # the server is stopping: the study stays pending for the next start
+            log.info("PACS job %s interrupted by shutdown; it resumes at the next start", job_id)
+            return
         except Exception as exc:  # noqa: BLE001 - recorded; the study is not retried forever
             self._fail(job_id, f"processing failed ({type(exc).__name__})")
             self.inbox.mark_processed(study, files, started)
