@@ -200,3 +200,32 @@ def test_instances_arriving_while_a_job_runs_start_the_next_job(tmp_path):
     assert jobs.open("1.2.3")["id"] == running["id"]  # a restart resumes it
     following = jobs.open("1.2.3", busy=frozenset({running["id"]}))
     assert following["id"] != running["id"] and following["state"] == "received"
+
+
+def test_a_study_interrupted_by_shutdown_stays_pending_and_a_failure_does_not(
+    tmp_path, monkeypatch
+):
+    from types import SimpleNamespace
+
+    from serve.errors import Cancelled
+    from serve.pacs import route
+    from serve.pacs.gateway import Gateway, PacsSettings
+    from serve.pacs.jobs import FINAL
+
+    def raising(exc):
+        def run_study(*args, **kwargs):
+            raise exc
+
+        return run_study
+
+    gw = Gateway(SimpleNamespace(metrics=None), PacsSettings(root=tmp_path, quiet_s=0.0))
+    inst = gw.receive(_raw("CT_small.dcm"))
+    monkeypatch.setattr(route, "run_study", raising(Cancelled()))
+    gw._process(inst.study_uid)
+    assert gw.inbox.complete() == [inst.study_uid]  # resumed at the next start
+    assert gw.jobs.list()[0]["state"] not in FINAL
+    monkeypatch.setattr(route, "run_study", raising(ValueError("boom")))
+    gw._process(inst.study_uid)
+    assert gw.inbox.complete() == []  # not retried forever
+    (job,) = gw.jobs.list()
+    assert job["state"] == "failed" and job["reason"] == "processing failed (ValueError)"
