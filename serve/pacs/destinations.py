@@ -20,6 +20,8 @@ from pydicom import dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
+from .dimse import check_aet
+
 DICOMWEB_SCHEMES = {"dicomweb+http": "http", "dicomweb+https": "https"}
 DICOM_SCHEME = "dicom"
 
@@ -115,15 +117,13 @@ def _host_port(hostport: str, entry: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def _check_aet(aet: str, entry: str) -> None:
-    """PS3.5 6.2, VR AE: 1-16 characters of the default repertoire, no backslash or control
-    character (leading and trailing spaces are insignificant, so ``aet`` comes stripped)."""
-    if not aet:
-        raise ValueError(f"destination {redact(entry)!r}: AE title is empty")
-    if len(aet) > 16:
-        raise ValueError(f"destination {redact(entry)!r}: AE title longer than 16 characters")
-    if any(not (" " <= c <= "~") or c == "\\" for c in aet):
-        raise ValueError(f"destination {redact(entry)!r}: AE title has a character not allowed")
+def _check_aet(aet: str, entry: str) -> str:
+    """The AE title of ``entry`` checked by the receiver's own rule (:func:`.dimse.check_aet`),
+    the error naming the entry without its credentials."""
+    try:
+        return check_aet(aet)
+    except ValueError as exc:
+        raise ValueError(f"destination {redact(entry)!r}: {exc}") from None
 
 
 def _parse_dicom(entry: str, rest: str) -> Destination:
@@ -133,8 +133,7 @@ def _parse_dicom(entry: str, rest: str) -> Destination:
     aet, at, hostport = authority.rpartition("@")
     if not at:
         raise ValueError(f"destination {redact(entry)!r}: AE title is empty")
-    aet = aet.strip()
-    _check_aet(aet, entry)
+    aet = _check_aet(aet, entry)
     host, port = _host_port(hostport, entry)
     return Destination(kind="dicom", aet=aet, host=host, port=port)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import Cancelled
 from .errors import Refused
 from .inbox import Inbox
-from .intake import Instance, check_instance, peek_uids
+from .intake import Instance, check_instance
 from .jobs import Jobs
 
 log = logging.getLogger("anatomix.pacs")
@@ -119,9 +119,6 @@ class Gateway:
                     job = self.jobs.open(inst.study_uid, busy=frozenset(self._busy))
                     self._open[inst.study_uid] = job["id"]
         return inst
-
-    def peek_uids(self, source: bytes | Path) -> tuple[str, str]:
-        return peek_uids(source)
 
     def _dimse_store(self, data: bytes) -> None:
         self.receive(data, receiver="dimse")

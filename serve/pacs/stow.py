@@ -18,6 +18,7 @@ from ..errors import Cancelled, RequestError
 from ..forms import RELATED, FormSpec, read_form
 from ..privacy import is_uid
 from .errors import Refused
+from .intake import peek_uids
 
 log = logging.getLogger("anatomix.pacs")
 
@@ -104,6 +105,6 @@ def _store_all(gateway, paths, study: str | None):
             inst = gateway.receive(path, study)
             stored.append((inst.sop_class_uid, inst.sop_uid))
         except Refused as exc:
-            uids = gateway.peek_uids(path)
+            uids = peek_uids(path)
             failed.append((*uids, exc.status))
     return stored, failed
